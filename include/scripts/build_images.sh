@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds the project's images on the local engine. No registry is reachable here, so nothing is
+# pulled: the base is a Debian rootfs made by debootstrap and imported; every other image builds on it.
+# Each image carries a label with the hash of its build inputs and is rebuilt only when they change.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CACHE=${TFDEPLOY_CACHE_DIR:-$HOME/.cache/tfdeploy}
+DOCKER=${DOCKER:-docker}
+log() { printf '[images] %s\n' "$*"; }
+
+BASE=local/debian:bookworm-minbase
+if ! $DOCKER image inspect "$BASE" >/dev/null 2>&1; then
+  rootfs="$CACHE/rootfs/bookworm"
+  if [ ! -f "$rootfs/.complete" ]; then
+    log "debootstrap bookworm into $rootfs"
+    rm -rf "$rootfs"; mkdir -p "$(dirname "$rootfs")"
+    debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    touch "$rootfs/.complete"
+  fi
+  log "importing $BASE"
+  tar -C "$rootfs" --exclude=./.complete --exclude='./var/cache/apt/archives/*.deb' \
+      --exclude='./var/lib/apt/lists/*' -c . | $DOCKER import - "$BASE" >/dev/null
+fi
+
+# build <tag> <dir>: the context is <dir> plus the host CA bundle (HTTPS from builds passes a proxy).
+build() {
+  local tag=$1 dir=$2 key ctx
+  key=$( (find "$dir" -type f | sort | xargs sha256sum; $DOCKER image inspect -f '{{.Id}}' "$BASE") | sha256sum | cut -c1-16)
+  if [ "$($DOCKER image inspect -f '{{index .Config.Labels "tfdeploy.inputs"}}' "$tag" 2>/dev/null)" = "$key" ]; then
+    return 0
+  fi
+  log "building $tag"
+  ctx=$(mktemp -d)
+  cp -r "$dir/." "$ctx/"
+  cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
+  $DOCKER build -q --network host --label "tfdeploy.inputs=$key" -t "$tag" "$ctx" >/dev/null
+  rm -rf "$ctx"
+}
+
+build local/python:3.11-bookworm include/images/python-base

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up of everything the project needs on a Debian machine.
+# Fast when nothing changed: every slow step is keyed by a hash of its inputs and cached outside the
+# clone ($TFDEPLOY_CACHE_DIR, default ~/.cache/tfdeploy; Maven's ~/.m2; Docker's own image store).
+#   1. Debian packages (docker.io, debootstrap, libkrb5-dev for the HDFS provider's kerberos extra)
+#   2. the Python venv from requirements*.txt + constraints.txt, linked at .venv
+#   3. Hadoop jars from Maven Central (include/hadoop/pom.xml)
+#   4. the Docker engine (started if none answers) and the locally built images
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+CACHE=${TFDEPLOY_CACHE_DIR:-$HOME/.cache/tfdeploy}
+mkdir -p "$CACHE"
+log() { printf '[setup] %s\n' "$*"; }
+t0=$(date +%s)
+
+# -- 1. Debian packages ------------------------------------------------------------------------------
+need=()
+for pkg in docker.io debootstrap libkrb5-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# -- 2. Python venv ----------------------------------------------------------------------------------
+PYTHON=${PYTHON:-python3}
+venv_key=$( (cat requirements.txt requirements-nodeps.txt constraints.txt 2>/dev/null; $PYTHON --version) | sha256sum | cut -c1-12)
+VENV="$CACHE/venv-$venv_key"
+if [ ! -f "$VENV/.complete" ]; then
+  log "creating venv $VENV (first run takes a few minutes)"
+  rm -rf "$VENV"
+  $PYTHON -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  cons=(); [ -f constraints.txt ] && cons=(-c constraints.txt)
+  "$VENV/bin/pip" install -q -r requirements.txt "${cons[@]}"
+  "$VENV/bin/pip" install -q --no-deps -r requirements-nodeps.txt
+  touch "$VENV/.complete"
+fi
+ln -sfn "$VENV" .venv
+PY="$ROOT/.venv/bin/python"
+
+# -- 3. Hadoop jars from Maven Central ---------------------------------------------------------------
+hadoop_version=$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' include/hadoop/pom.xml)
+HLIB="$CACHE/hadoop-$hadoop_version/lib"
+pom_key=$(sha256sum include/hadoop/pom.xml | cut -c1-12)
+if [ "$(cat "$HLIB/.complete" 2>/dev/null)" != "$pom_key" ]; then
+  log "fetching Hadoop $hadoop_version jars from Maven Central into $HLIB"
+  rm -rf "$HLIB"
+  mvn -q -B -f include/hadoop/pom.xml dependency:copy-dependencies -DoutputDirectory="$HLIB"
+  echo "$pom_key" > "$HLIB/.complete"
+fi
+
+# -- 4. Docker engine and images ---------------------------------------------------------------------
+"$PY" include/scripts/stack.py up docker
+"$ROOT/include/scripts/build_images.sh"
+
+log "done in $(( $(date +%s) - t0 ))s"

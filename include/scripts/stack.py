@@ -1,0 +1,568 @@
+"""Start, stop and report the local stack: HDFS (NameNode + DataNode), dockerd, Airflow.
+
+Every service binds 127.0.0.1, logs to ``$TFDEPLOY_STATE_DIR/logs/<name>.log``, records its PID in
+``$TFDEPLOY_STATE_DIR/run/<name>.pid`` and is stopped by that PID (its whole process tree).
+``up`` waits until each service is ready, so callers can use it straight away.
+
+Usage: python include/scripts/stack.py {up,down,status,env} [service ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
+
+from tfdeploy.settings import PROJECT_ROOT, Settings, get_settings  # noqa: E402
+
+JAVA_OPENS = [
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.net=ALL-UNNAMED",
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/sun.security.action=ALL-UNNAMED",
+]
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+class StackError(RuntimeError):
+    """A service failed to start or to become ready; the message says which and where its log is."""
+
+
+# ----------------------------------------------------------------------------- process helpers
+
+
+def _pid_file(s: Settings, name: str) -> Path:
+    return s.run_dir / f"{name}.pid"
+
+
+def _log_file(s: Settings, name: str) -> Path:
+    return s.logs_dir / f"{name}.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def running_pid(s: Settings, name: str) -> int | None:
+    path = _pid_file(s, name)
+    if not path.exists():
+        return None
+    try:
+        pid = int(path.read_text().strip())
+    except ValueError:
+        return None
+    return pid if _alive(pid) else None
+
+
+def _spawn(s: Settings, name: str, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+    s.logs_dir.mkdir(parents=True, exist_ok=True)
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(_log_file(s, name), "ab")  # noqa: SIM115 - handed to the child
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+    log.flush()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=str(cwd or PROJECT_ROOT),
+        start_new_session=True,
+    )
+    _pid_file(s, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def _descendants(pid: int) -> list[int]:
+    """All descendants of pid (Airflow task processes start their own process groups)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def stop_service(s: Settings, name: str, timeout: float = 20.0) -> bool:
+    """Stop a service and its process tree by PID. Returns True if something was stopped."""
+    pid = running_pid(s, name)
+    if pid is None:
+        _pid_file(s, name).unlink(missing_ok=True)
+        return False
+    tree = [pid, *_descendants(pid)]
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    for p in tree:
+        if _alive(p):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+    _pid_file(s, name).unlink(missing_ok=True)
+    return True
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path | None, pid: int | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid is not None and not _alive(pid):
+            raise StackError(f"{what} exited during start-up; see {log}:\n{_tail(log)}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not ready yet
+            pass
+        time.sleep(0.5)
+    raise StackError(f"{what} was not ready within {timeout:.0f}s; see {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path | None, lines: int = 15) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _http_json(url: str, method: str = "GET", data: dict | None = None, headers: dict | None = None) -> object:
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _port_owner(port: int) -> str | None:
+    """Return a description of who listens on 127.0.0.1:port, or None if it is free."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex(("127.0.0.1", port)) != 0:
+            return None
+    return f"something already listens on 127.0.0.1:{port}"
+
+
+def _require_free(s: Settings, name: str, port: int) -> None:
+    owner = _port_owner(port)
+    if owner:
+        raise StackError(
+            f"cannot start {name}: {owner}. Stop it (another checkout's `make down`?) "
+            f"or choose another port in the environment."
+        )
+
+
+# ----------------------------------------------------------------------------- HDFS
+
+
+def _xml(props: dict[str, str]) -> str:
+    rows = "\n".join(f"  <property><name>{k}</name><value>{v}</value></property>" for k, v in props.items())
+    return f'<?xml version="1.0"?>\n<configuration>\n{rows}\n</configuration>\n'
+
+
+def write_hadoop_conf(s: Settings) -> Path:
+    conf = s.hdfs_home / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "core-site.xml").write_text(
+        _xml(
+            {
+                "fs.defaultFS": f"hdfs://127.0.0.1:{s.namenode_rpc_port}",
+                "hadoop.security.authentication": "simple",
+                "hadoop.tmp.dir": str(s.hdfs_home / "tmp"),
+                "hadoop.http.staticuser.user": s.hdfs_user,
+            }
+        )
+    )
+    (conf / "hdfs-site.xml").write_text(
+        _xml(
+            {
+                "dfs.namenode.name.dir": f"file://{s.hdfs_home / 'name'}",
+                "dfs.datanode.data.dir": f"file://{s.hdfs_home / 'data'}",
+                "dfs.replication": "1",
+                "dfs.namenode.rpc-address": f"127.0.0.1:{s.namenode_rpc_port}",
+                "dfs.namenode.http-address": f"127.0.0.1:{s.webhdfs_port}",
+                "dfs.namenode.safemode.extension": "0",
+                "dfs.namenode.datanode.registration.ip-hostname-check": "false",
+                "dfs.webhdfs.enabled": "true",
+                "dfs.datanode.hostname": "127.0.0.1",
+                "dfs.datanode.address": "127.0.0.1:9866",
+                "dfs.datanode.http.address": "127.0.0.1:9864",
+                "dfs.datanode.ipc.address": "127.0.0.1:9867",
+                "dfs.heartbeat.interval": "1",
+                "dfs.namenode.heartbeat.recheck-interval": "10000",
+            }
+        )
+    )
+    (conf / "log4j.properties").write_text(
+        "log4j.rootLogger=INFO,console\n"
+        "log4j.appender.console=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.console.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %p %c{2}: %m%n\n"
+    )
+    return conf
+
+
+def _java_cmd(s: Settings, conf: Path, main: str, *args: str) -> list[str]:
+    if not s.hadoop_lib.is_dir():
+        raise StackError(f"Hadoop jars missing at {s.hadoop_lib}: run `make setup` first")
+    return [
+        "java",
+        "-Xmx512m",
+        *JAVA_OPENS,
+        f"-Dhadoop.log.dir={s.logs_dir}",
+        f"-Dhadoop.home.dir={s.hdfs_home}",
+        "-Dlog4j.configuration=file:" + str(conf / "log4j.properties"),
+        "-cp",
+        f"{conf}:{s.hadoop_lib}/*",
+        main,
+        *args,
+    ]
+
+
+def _namenode_state(s: Settings) -> dict:
+    data = _http_json(f"{s.webhdfs_url}/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState")
+    assert isinstance(data, dict)
+    return data["beans"][0]
+
+
+def _webhdfs(s: Settings, method: str, path: str, op: str, user: str, **params: str) -> urllib.request.Request:
+    query = "&".join([f"op={op}", f"user.name={user}", *(f"{k}={v}" for k, v in params.items())])
+    return urllib.request.Request(f"{s.webhdfs_url}/webhdfs/v1{path}?{query}", method=method)
+
+
+def _hdfs_prove_write(s: Settings) -> bool:
+    """A tiny CREATE (following the DataNode redirect) + DELETE proves the redirect reaches 127.0.0.1."""
+    path = "/tmp/.stack-ready"
+    req = _webhdfs(s, "PUT", path, "CREATE", "root", overwrite="true")
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        raise StackError("WebHDFS CREATE did not redirect to a DataNode")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 307:
+            raise
+        location = exc.headers["Location"]
+    put = urllib.request.Request(location, data=b"ok", method="PUT")
+    with urllib.request.urlopen(put, timeout=10) as resp:
+        if resp.status != 201:
+            return False
+    urllib.request.urlopen(_webhdfs(s, "DELETE", path, "DELETE", "root"), timeout=5)
+    return True
+
+
+def _hdfs_bootstrap_dirs(s: Settings) -> None:
+    """Directories users need, owned by the pipeline's HDFS user (permissions stay on, as in production)."""
+    for path, owner, perm in (
+        ("/tmp", "root", "1777"),
+        (f"/user/{s.hdfs_user}", s.hdfs_user, "755"),
+        ("/models", s.hdfs_user, "755"),
+    ):
+        urllib.request.urlopen(_webhdfs(s, "PUT", path, "MKDIRS", "root"), timeout=5)
+        urllib.request.urlopen(_webhdfs(s, "PUT", path, "SETOWNER", "root", owner=owner), timeout=5)
+        urllib.request.urlopen(_webhdfs(s, "PUT", path, "SETPERMISSION", "root", permission=perm), timeout=5)
+
+
+def up_hdfs(s: Settings) -> None:
+    conf = write_hadoop_conf(s)
+    env = {**os.environ, "HADOOP_CONF_DIR": str(conf)}
+    nn_pid = running_pid(s, "hdfs-namenode")
+    if nn_pid is None:
+        _require_free(s, "the NameNode", s.webhdfs_port)
+        _require_free(s, "the NameNode", s.namenode_rpc_port)
+        if not (s.hdfs_home / "name" / "current" / "VERSION").exists():
+            fmt = subprocess.run(
+                _java_cmd(
+                    s, conf, "org.apache.hadoop.hdfs.server.namenode.NameNode", "-format", "-nonInteractive", "-force"
+                ),
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            _log_file(s, "hdfs-format").parent.mkdir(parents=True, exist_ok=True)
+            _log_file(s, "hdfs-format").write_text(fmt.stdout + fmt.stderr)
+            if fmt.returncode != 0:
+                raise StackError(f"NameNode format failed; see {_log_file(s, 'hdfs-format')}")
+        nn_pid = _spawn(s, "hdfs-namenode", _java_cmd(s, conf, "org.apache.hadoop.hdfs.server.namenode.NameNode"), env)
+    _wait("HDFS NameNode", lambda: bool(_namenode_state(s)), 90, _log_file(s, "hdfs-namenode"), nn_pid)
+    dn_pid = running_pid(s, "hdfs-datanode")
+    if dn_pid is None:
+        _require_free(s, "the DataNode", 9866)
+        dn_pid = _spawn(s, "hdfs-datanode", _java_cmd(s, conf, "org.apache.hadoop.hdfs.server.datanode.DataNode"), env)
+
+    def ready() -> bool:
+        st = _namenode_state(s)
+        return st.get("FSState") == "Operational" and st.get("NumLiveDataNodes", 0) >= 1
+
+    _wait("HDFS (out of safe mode, 1 live DataNode)", ready, 120, _log_file(s, "hdfs-datanode"), dn_pid)
+    _wait(
+        "WebHDFS write through the DataNode redirect", lambda: _hdfs_prove_write(s), 60, _log_file(s, "hdfs-datanode")
+    )
+    _hdfs_bootstrap_dirs(s)
+
+
+def status_hdfs(s: Settings) -> str:
+    try:
+        st = _namenode_state(s)
+        return f"FSState={st.get('FSState')} live DataNodes={st.get('NumLiveDataNodes')} ({s.webhdfs_url})"
+    except Exception as exc:  # noqa: BLE001
+        return f"not answering at {s.webhdfs_url} ({exc.__class__.__name__})"
+
+
+# ----------------------------------------------------------------------------- Docker
+
+
+def _docker_ping(s: Settings) -> bool:
+    import docker  # from the venv
+
+    client = docker.DockerClient(base_url=s.docker_host, timeout=5)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+def up_docker(s: Settings) -> None:
+    try:
+        if _docker_ping(s):
+            return  # an engine already answers (ours or the machine's): use it
+    except Exception:  # noqa: BLE001
+        pass
+    if not s.docker_host.startswith("unix://"):
+        raise StackError(f"no Docker engine answers at DOCKER_HOST={s.docker_host}; start it there")
+    if shutil.which("dockerd") is None:
+        raise StackError("dockerd is not installed: run `make setup` (installs Debian's docker.io)")
+    pid = running_pid(s, "dockerd")
+    if pid is None:
+        sock = s.docker_host.removeprefix("unix://")
+        stale = Path("/var/run/docker.pid")
+        if stale.exists() and not _alive(int(stale.read_text().strip() or 0)):
+            stale.unlink()
+        pid = _spawn(s, "dockerd", ["dockerd", f"--host=unix://{sock}", "--storage-driver=overlay2"], dict(os.environ))
+    _wait("dockerd", lambda: _docker_ping(s), 60, _log_file(s, "dockerd"), pid)
+
+
+def status_docker(s: Settings) -> str:
+    try:
+        _docker_ping(s)
+        owner = "started by this project" if running_pid(s, "dockerd") else "the machine's own"
+        return f"answers at {s.docker_host} ({owner})"
+    except Exception as exc:  # noqa: BLE001
+        return f"not answering at {s.docker_host} ({exc.__class__.__name__})"
+
+
+# ----------------------------------------------------------------------------- Airflow
+
+
+def _secret(s: Settings, name: str, make: Callable[[], str]) -> str:
+    path = s.state_dir / "secrets" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def airflow_env(s: Settings) -> dict[str, str]:
+    """Environment of every Airflow component (and of tests that import Airflow)."""
+    from base64 import urlsafe_b64encode
+
+    return {
+        "AIRFLOW_HOME": str(s.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{s.airflow_user}:admin",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow_url}/execution/",
+        "AIRFLOW__CORE__FERNET_KEY": _secret(s, "fernet_key", lambda: urlsafe_b64encode(os.urandom(32)).decode()),
+        "AIRFLOW__API__HOST": s.airflow_host,
+        "AIRFLOW__API__PORT": str(s.airflow_port),
+        "AIRFLOW__API__BASE_URL": s.airflow_url,
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(s, "jwt_secret", lambda: secrets.token_urlsafe(32)),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(s.airflow_home / "logs"),
+        "AIRFLOW_CONN_WEBHDFS_DEFAULT": f"webhdfs://{s.hdfs_user}@127.0.0.1:{s.webhdfs_port}",
+        "DOCKER_HOST": s.docker_host,
+        "TFDEPLOY_STATE_DIR": str(s.state_dir),
+        "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
+        "NO_PROXY": "127.0.0.1,localhost," + os.environ.get("NO_PROXY", ""),
+        "no_proxy": "127.0.0.1,localhost," + os.environ.get("no_proxy", ""),
+    }
+
+
+def _airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def _write_password(s: Settings) -> None:
+    """Make the configured credentials Airflow's (the simple auth manager keeps a password it finds)."""
+    s.airflow_home.mkdir(parents=True, exist_ok=True)
+    (s.airflow_home / "simple_auth_manager_passwords.json.generated").write_text(
+        json.dumps({s.airflow_user: s.airflow_password})
+    )
+
+
+def _airflow_health(s: Settings) -> dict:
+    data = _http_json(f"{s.airflow_url}/api/v2/monitor/health")
+    assert isinstance(data, dict)
+    return data
+
+
+def up_airflow(s: Settings) -> None:
+    env = {**os.environ, **airflow_env(s)}
+    _write_password(s)
+    if all(running_pid(s, f"airflow-{c}") for c in AIRFLOW_COMPONENTS):
+        return
+    migrate = subprocess.run([_airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
+    _log_file(s, "airflow-db-migrate").write_text(migrate.stdout + migrate.stderr)
+    if migrate.returncode != 0:
+        raise StackError(f"airflow db migrate failed; see {_log_file(s, 'airflow-db-migrate')}")
+    pids = {}
+    for comp in AIRFLOW_COMPONENTS:
+        name = f"airflow-{comp}"
+        pid = running_pid(s, name)
+        if pid is None:
+            if comp == "api-server":
+                _require_free(s, "the Airflow api-server", s.airflow_port)
+            args = [_airflow_bin(), comp]
+            if comp in ("scheduler", "triggerer"):
+                args.append("--skip-serve-logs")
+            pid = _spawn(s, name, args, env)
+        pids[comp] = pid
+    _wait(
+        "Airflow api-server",
+        lambda: bool(_airflow_health(s)),
+        120,
+        _log_file(s, "airflow-api-server"),
+        pids["api-server"],
+    )
+
+    def healthy() -> bool:
+        h = _airflow_health(s)
+        return all(
+            h.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        )
+
+    _wait(
+        "Airflow scheduler, triggerer and dag-processor",
+        healthy,
+        120,
+        _log_file(s, "airflow-scheduler"),
+        pids["scheduler"],
+    )
+
+
+def status_airflow(s: Settings) -> str:
+    try:
+        h = _airflow_health(s)
+        parts = ", ".join(f"{k}={v.get('status')}" for k, v in h.items() if isinstance(v, dict))
+        return f"{s.airflow_url} {parts}"
+    except Exception as exc:  # noqa: BLE001
+        return f"not answering at {s.airflow_url} ({exc.__class__.__name__})"
+
+
+# ----------------------------------------------------------------------------- CLI
+
+SERVICES: dict[str, tuple[Callable[[Settings], None], Callable[[Settings], str], tuple[str, ...]]] = {
+    "docker": (up_docker, status_docker, ("dockerd",)),
+    "hdfs": (up_hdfs, status_hdfs, ("hdfs-datanode", "hdfs-namenode")),
+    "airflow": (up_airflow, status_airflow, tuple(f"airflow-{c}" for c in reversed(AIRFLOW_COMPONENTS))),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "status", "env"])
+    parser.add_argument("services", nargs="*", choices=[[], *SERVICES], default=[])
+    args = parser.parse_args(argv)
+    s = get_settings()
+    names = args.services or list(SERVICES)
+    if args.action == "env":
+        for key, value in airflow_env(s).items():
+            print(f"export {key}={value!r}")
+        return 0
+    if args.action == "up":
+        for name in names:
+            t0 = time.monotonic()
+            try:
+                SERVICES[name][0](s)
+            except StackError as exc:
+                print(f"[stack] {name}: FAILED: {exc}", file=sys.stderr)
+                return 1
+            print(f"[stack] {name}: ready in {time.monotonic() - t0:.1f}s - {SERVICES[name][1](s)}")
+        return 0
+    if args.action == "down":
+        for name in reversed(names):
+            for proc in SERVICES[name][2]:
+                if stop_service(s, proc):
+                    print(f"[stack] stopped {proc}")
+        return 0
+    total = 0
+    for name in names:
+        procs = []
+        for proc in SERVICES[name][2]:
+            pid = running_pid(s, proc)
+            mem = _pss_mib(pid) if pid else 0.0
+            total += mem
+            procs.append(f"{proc}={pid or '-'}" + (f" ({mem:.0f} MiB)" if pid else ""))
+        print(f"[stack] {name}: {SERVICES[name][1](s)}  [{', '.join(procs)}]")
+    print(f"[stack] memory of the processes this project started (PSS, with children): {total:.0f} MiB")
+    return 0
+
+
+def _pss_mib(pid: int) -> float:
+    """Proportional set size of pid and its descendants, from /proc (shared pages counted fairly)."""
+    total_kib = 0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kib / 1024
+
+
+if __name__ == "__main__":
+    sys.exit(main())
