@@ -5,7 +5,7 @@ PY := .venv/bin/python
 STACK := $(PY) include/scripts/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo test test-unit test-integration lint images
+.PHONY: help setup up down status demo test test-unit test-integration lint images serving-image
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -35,4 +35,7 @@ lint:  ## ruff and mypy
 	@$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
 
 images: setup  ## (re)build the locally built Docker images
+	@./include/scripts/build_images.sh
+
+serving-image: setup  ## build the TF-Serving-compatible image as local/tfserving-compat:latest
 	@./include/scripts/build_images.sh

@@ -22,19 +22,27 @@ if ! $DOCKER image inspect "$BASE" >/dev/null 2>&1; then
       --exclude='./var/lib/apt/lists/*' -c . | $DOCKER import - "$BASE" >/dev/null
 fi
 
-# build <tag> <dir>: the context is <dir> plus the host CA bundle (HTTPS from builds passes a proxy).
+# build <tag> <dir> [extra path ...]: the context is <dir>, the extra paths, and the host CA bundle
+# (HTTPS from builds passes an intercepting proxy).
 build() {
-  local tag=$1 dir=$2 key ctx
-  key=$( (find "$dir" -type f | sort | xargs sha256sum; $DOCKER image inspect -f '{{.Id}}' "$BASE") | sha256sum | cut -c1-16)
+  local tag=$1 dir=$2 key ctx parent
+  shift 2
+  parent=$(sed -n 's/^FROM[[:space:]]\+\([^[:space:]]\+\).*/\1/p' "$dir/Dockerfile" | head -n 1)
+  key=$( (find "$dir" "$@" -type f -not -name '*.pyc' | sort | xargs sha256sum; $DOCKER image inspect -f '{{.Id}}' "$parent") \
+         | sha256sum | cut -c1-16)
   if [ "$($DOCKER image inspect -f '{{index .Config.Labels "tfdeploy.inputs"}}' "$tag" 2>/dev/null)" = "$key" ]; then
     return 0
   fi
   log "building $tag"
   ctx=$(mktemp -d)
   cp -r "$dir/." "$ctx/"
+  for extra in "$@"; do cp -r "$extra" "$ctx/"; done
+  find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
   cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
   $DOCKER build -q --network host --label "tfdeploy.inputs=$key" -t "$tag" "$ctx" >/dev/null
   rm -rf "$ctx"
 }
 
 build local/python:3.11-bookworm include/images/python-base
+# The TF-Serving-compatible server (stands in for tensorflow/serving, which cannot be pulled here).
+build "${SERVING_IMAGE_TAG:-local/tfserving-compat:latest}" include/images/tfserving-compat include/tfserving_compat constraints.txt

@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                 if stop_service(s, proc):
                     print(f"[stack] stopped {proc}")
         return 0
-    total = 0
+    total = 0.0
     for name in names:
         procs = []
         for proc in SERVICES[name][2]:
