@@ -2,7 +2,8 @@
 # One-shot, idempotent set-up of everything the project needs on a Debian machine.
 # Fast when nothing changed: every slow step is keyed by a hash of its inputs and cached outside the
 # clone ($TFDEPLOY_CACHE_DIR, default ~/.cache/tfdeploy; Maven's ~/.m2; Docker's own image store).
-#   1. Debian packages (docker.io, debootstrap, libkrb5-dev for the HDFS provider's kerberos extra)
+#   1. Debian packages (docker.io, debootstrap, libkrb5-dev for the HDFS provider's kerberos extra,
+#      postgresql, acl) and the unprivileged system user the stack's PostgreSQL runs as
 #   2. the Python venv from requirements*.txt + constraints.txt, linked at .venv
 #   3. Hadoop jars from Maven Central (include/hadoop/pom.xml)
 #   4. the Docker engine (started if none answers) and the locally built images
@@ -15,17 +16,27 @@ log() { printf '[setup] %s\n' "$*"; }
 t0=$(date +%s)
 
 # -- 1. Debian packages ------------------------------------------------------------------------------
+# postgresql: only its binaries (/usr/lib/postgresql/<major>/bin) are used. The package may create Debian's
+# default cluster (and start it where a service manager runs); nothing here uses that cluster: stack.py
+# runs its own server from $TFDEPLOY_STATE_DIR/postgres on POSTGRES_PORT (5433). acl: setfacl, with which
+# stack.py lets that server's user traverse a state dir's closed parent (e.g. a `mktemp -d` CI dir).
 need=()
-for pkg in docker.io debootstrap libkrb5-dev; do
+for pkg in docker.io debootstrap libkrb5-dev postgresql acl chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# PostgreSQL refuses to run as root: stack.py runs initdb and the server as this system user.
+PG_OS_USER=${POSTGRES_OS_USER:-tfdeploy-pg}
+if ! id -u "$PG_OS_USER" >/dev/null 2>&1; then
+  log "creating system user $PG_OS_USER (runs the stack's PostgreSQL)"
+  $SUDO useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_OS_USER"
 fi
 
 # -- 2. Python venv ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Start, stop and report the local stack: HDFS (NameNode + DataNode), dockerd, Airflow.
+"""Start, stop and report the local stack: HDFS (NameNode + DataNode), dockerd, PostgreSQL, Airflow.
 
 Every service binds 127.0.0.1, logs to ``$TFDEPLOY_STATE_DIR/logs/<name>.log``, records its PID in
 ``$TFDEPLOY_STATE_DIR/run/<name>.pid`` and is stopped by that PID (its whole process tree).
@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -23,10 +24,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
 
-from tfdeploy.settings import PROJECT_ROOT, Settings, get_settings  # noqa: E402
+from tfdeploy.settings import PROJECT_ROOT, REGISTRY_DB, REGISTRY_TEST_DB, Settings, get_settings  # noqa: E402
 
 JAVA_OPENS = [
     "--add-opens=java.base/java.lang=ALL-UNNAMED",
@@ -41,6 +43,12 @@ JAVA_OPENS = [
 ]
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+# Processes that shut their own children down: `down` signals only the recorded PID, with this signal, then
+# waits for the whole tree. PostgreSQL: SIGINT is "fast shutdown" (clients disconnected, checkpoint, exit);
+# SIGTERM is "smart shutdown", which waits for every client to leave, and signalling the postmaster's
+# children directly would look like a crash to it. Every other process gets SIGTERM, whole tree at once.
+STOP_SIGNALS: dict[str, signal.Signals] = {"postgres": signal.SIGINT}
 
 
 class StackError(RuntimeError):
@@ -123,15 +131,17 @@ def _descendants(pid: int) -> list[int]:
 
 
 def stop_service(s: Settings, name: str, timeout: float = 20.0) -> bool:
-    """Stop a service and its process tree by PID. Returns True if something was stopped."""
+    """Stop a service and its process tree by PID (see STOP_SIGNALS), SIGKILL whatever is left after
+    timeout. Returns True if something was stopped."""
     pid = running_pid(s, name)
     if pid is None:
         _pid_file(s, name).unlink(missing_ok=True)
         return False
     tree = [pid, *_descendants(pid)]
-    for p in tree:
+    own_signal = STOP_SIGNALS.get(name)
+    for p in [pid] if own_signal else tree:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGTERM)
+            os.kill(p, own_signal or signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_alive(p) for p in tree):
         time.sleep(0.2)
@@ -389,6 +399,177 @@ def status_docker(s: Settings) -> str:
         return f"not answering at {s.docker_host} ({exc.__class__.__name__})"
 
 
+# ----------------------------------------------------------------------------- PostgreSQL
+
+PG_SUPERUSER = "postgres"  # initdb's bootstrap superuser; used only to create the registry's role and databases
+
+
+def pg_bin_dir(root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """Binaries of the newest PostgreSQL major version installed the Debian way (<root>/<major>/bin)."""
+    majors = sorted(int(d.name) for d in root.glob("*") if d.name.isdigit() and (d / "bin" / "postgres").is_file())
+    if not majors:
+        raise StackError(f"PostgreSQL is not installed (no {root}/<major>/bin/postgres): run `make setup`")
+    return root / str(majors[-1]) / "bin"
+
+
+def _pg_identity(s: Settings) -> tuple[list[str], int, int]:
+    """Command prefix, uid and gid the server runs as. PostgreSQL refuses to run as root, so as root the
+    server runs as the unprivileged POSTGRES_OS_USER (created by `make setup`): `setpriv` sets uid, gid and
+    groups and then exec()s the command in place, so a spawned server's PID is the postmaster's own."""
+    if os.geteuid() != 0:
+        return [], os.getuid(), os.getgid()
+    try:
+        pw = pwd.getpwnam(s.postgres_os_user)
+    except KeyError:
+        raise StackError(
+            f"OS user {s.postgres_os_user!r} is missing (PostgreSQL refuses to run as root): run `make setup`"
+        ) from None
+    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"], pw.pw_uid, pw.pw_gid
+
+
+def _pg_prepare_dirs(s: Settings, prefix: list[str], uid: int, gid: int) -> None:
+    """$TFDEPLOY_STATE_DIR/postgres (data/ and the socket directory run/) owned by the server's user, 0700."""
+    home = s.postgres_home
+    for d in (home, s.postgres_socket_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    if home.stat().st_uid != uid or (s.postgres_data_dir.exists() and s.postgres_data_dir.stat().st_uid != uid):
+        subprocess.run(["chown", "-R", f"{uid}:{gid}", str(home)], check=True)
+    for d in (home, s.postgres_socket_dir):
+        d.chmod(0o700)
+    if not prefix:
+        return
+
+    # The server's user must be able to reach its directory. Where an ancestor is closed to it (a
+    # `mktemp -d` CI directory is 0700 root), grant that one user search permission (x: no listing, no
+    # reading) with a POSIX ACL; nothing else changes.
+    def reachable(d: Path) -> bool:
+        return subprocess.run([*prefix, "test", "-x", str(d)], stderr=subprocess.DEVNULL).returncode == 0
+
+    resolved = home.resolve()
+    if reachable(resolved):
+        return
+    for d in [*reversed(resolved.parents), resolved]:
+        if reachable(d):
+            continue
+        if shutil.which("setfacl") is None:
+            raise StackError(f"{s.postgres_os_user} cannot reach {d}; setfacl is missing: run `make setup`")
+        r = subprocess.run(["setfacl", "-m", f"u:{uid}:x", str(d)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise StackError(
+                f"{s.postgres_os_user} cannot reach {d} and setfacl failed ({r.stderr.strip()}): make that "
+                "directory searchable for that user, or set TFDEPLOY_STATE_DIR elsewhere"
+            )
+
+
+def _pg_connect(s: Settings, user: str = PG_SUPERUSER, dbname: str = "postgres") -> Any:  # a psycopg2 connection
+    import psycopg2  # from the venv
+
+    return psycopg2.connect(host="127.0.0.1", port=s.postgres_port, user=user, dbname=dbname, connect_timeout=3)
+
+
+def _pg_query(s: Settings, query: str, user: str = PG_SUPERUSER, dbname: str = "postgres") -> list[tuple]:
+    conn = _pg_connect(s, user, dbname)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def _pg_bootstrap(s: Settings) -> None:
+    """The registry's role (LOGIN, not a superuser) and its databases, owned by it, if missing."""
+    from psycopg2 import sql
+
+    conn = _pg_connect(s)
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (s.postgres_user,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(s.postgres_user)))
+            for db in (REGISTRY_DB, REGISTRY_TEST_DB):
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+                if cur.fetchone() is None:
+                    cur.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(db), sql.Identifier(s.postgres_user)
+                        )
+                    )
+    finally:
+        conn.close()
+
+
+def up_postgres(s: Settings) -> None:
+    """Our own PostgreSQL server (never Debian's default cluster): initdb'd into $TFDEPLOY_STATE_DIR/postgres/data
+    with trust authentication (local dev/test server: any local user may connect, over 127.0.0.1 or the
+    socket directory, which only the server's user and root can enter), listening on 127.0.0.1 only."""
+    bin_dir = pg_bin_dir()
+    prefix, uid, gid = _pg_identity(s)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
+    data = s.postgres_data_dir
+    pid = running_pid(s, "postgres")
+    if pid is None:
+        _pg_prepare_dirs(s, prefix, uid, gid)
+        if not (data / "PG_VERSION").exists():
+            init = subprocess.run(
+                [
+                    *prefix,
+                    str(bin_dir / "initdb"),
+                    f"--pgdata={data}",
+                    f"--username={PG_SUPERUSER}",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-instructions",
+                ],
+                env=env,
+                cwd=s.postgres_home,
+                capture_output=True,
+                text=True,
+            )
+            s.logs_dir.mkdir(parents=True, exist_ok=True)
+            _log_file(s, "postgres-initdb").write_text(init.stdout + init.stderr)
+            if init.returncode != 0:
+                raise StackError(f"initdb failed; see {_log_file(s, 'postgres-initdb')}")
+        data_major = (data / "PG_VERSION").read_text().strip()
+        if data_major != bin_dir.parent.name:
+            raise StackError(
+                f"{data} belongs to PostgreSQL {data_major} but {bin_dir.parent.name} is installed: "
+                "dump and restore it with that version, or remove the directory to start empty"
+            )
+        _require_free(s, "PostgreSQL", s.postgres_port)
+        cmd = [
+            *prefix,
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-p",
+            str(s.postgres_port),
+            "-k",
+            str(s.postgres_socket_dir),
+        ]
+        pid = _spawn(s, "postgres", cmd, env, cwd=s.postgres_home)
+    _wait("PostgreSQL", lambda: bool(_pg_query(s, "SELECT 1")), 60, _log_file(s, "postgres"), pid)
+    _pg_bootstrap(s)
+
+
+def status_postgres(s: Settings) -> str:
+    where = f"127.0.0.1:{s.postgres_port}"
+    try:
+        [(version, listen)] = _pg_query(
+            s,
+            "SELECT current_setting('server_version'), current_setting('listen_addresses')",
+            s.postgres_user,
+            REGISTRY_DB,
+        )
+        return f"PostgreSQL {version} at {where} (listen_addresses={listen}; {REGISTRY_DB}, {REGISTRY_TEST_DB})"
+    except Exception as exc:  # noqa: BLE001
+        return f"not answering at {where} ({exc.__class__.__name__})"
+
+
 # ----------------------------------------------------------------------------- Airflow
 
 
@@ -405,6 +586,7 @@ def airflow_env(s: Settings) -> dict[str, str]:
     """Environment of every Airflow component (and of tests that import Airflow)."""
     from base64 import urlsafe_b64encode
 
+    registry_token = _secret(s, "registry_api_token", lambda: secrets.token_urlsafe(32))
     return {
         "AIRFLOW_HOME": str(s.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
@@ -423,6 +605,18 @@ def airflow_env(s: Settings) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(s.airflow_home / "logs"),
         "AIRFLOW_CONN_WEBHDFS_DEFAULT": f"webhdfs://{s.hdfs_user}@127.0.0.1:{s.webhdfs_port}",
+        # The model registry, served by the api-server at /registry; its machine token is the password.
+        "REGISTRY_API_TOKEN": registry_token,
+        "REGISTRY_DB_URL": s.registry_db_url,
+        "AIRFLOW_CONN_TFDEPLOY_REGISTRY": json.dumps(
+            {
+                "conn_type": "http",
+                "host": s.airflow_host,
+                "port": s.airflow_port,
+                "schema": "registry",
+                "password": registry_token,
+            }
+        ),
         "DOCKER_HOST": s.docker_host,
         "TFDEPLOY_STATE_DIR": str(s.state_dir),
         "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
@@ -507,6 +701,7 @@ def status_airflow(s: Settings) -> str:
 SERVICES: dict[str, tuple[Callable[[Settings], None], Callable[[Settings], str], tuple[str, ...]]] = {
     "docker": (up_docker, status_docker, ("dockerd",)),
     "hdfs": (up_hdfs, status_hdfs, ("hdfs-datanode", "hdfs-namenode")),
+    "postgres": (up_postgres, status_postgres, ("postgres",)),
     "airflow": (up_airflow, status_airflow, tuple(f"airflow-{c}" for c in reversed(AIRFLOW_COMPONENTS))),
 }
 

@@ -12,6 +12,10 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+# Databases of the model registry on the stack's PostgreSQL (stack.py creates both, owned by postgres_user).
+REGISTRY_DB = "tfdeploy_registry"
+REGISTRY_TEST_DB = "tfdeploy_registry_test"
+
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
@@ -49,6 +53,10 @@ class Settings:
     hdfs_user: str = field(default_factory=lambda: _env("HDFS_USER", "airflow"))
     # Docker
     docker_host: str = field(default_factory=lambda: _env("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    # PostgreSQL (the model registry's server; 5433 so a machine's own PostgreSQL on 5432 does not clash)
+    postgres_port: int = field(default_factory=lambda: _port("POSTGRES_PORT", 5433))
+    postgres_user: str = field(default_factory=lambda: _env("POSTGRES_USER", "tfdeploy"))
+    postgres_os_user: str = field(default_factory=lambda: _env("POSTGRES_OS_USER", "tfdeploy-pg"))
 
     @property
     def airflow_home(self) -> Path:
@@ -69,6 +77,31 @@ class Settings:
     @property
     def webhdfs_url(self) -> str:
         return f"http://127.0.0.1:{self.webhdfs_port}"
+
+    @property
+    def postgres_home(self) -> Path:
+        return self.state_dir / "postgres"
+
+    @property
+    def postgres_data_dir(self) -> Path:
+        return self.postgres_home / "data"
+
+    @property
+    def postgres_socket_dir(self) -> Path:
+        return self.postgres_home / "run"
+
+    @property
+    def postgres_url(self) -> str:
+        return f"postgresql+psycopg2://{self.postgres_user}@127.0.0.1:{self.postgres_port}/{REGISTRY_DB}"
+
+    @property
+    def postgres_test_url(self) -> str:
+        return f"postgresql+psycopg2://{self.postgres_user}@127.0.0.1:{self.postgres_port}/{REGISTRY_TEST_DB}"
+
+    @property
+    def registry_db_url(self) -> str:
+        """SQLAlchemy URL of the model registry's database (SQLite by default; `postgres_url` for PostgreSQL)."""
+        return _env("REGISTRY_DB_URL", f"sqlite:///{self.state_dir / 'registry.db'}")
 
     @property
     def logs_dir(self) -> Path:

@@ -72,3 +72,60 @@ def test_stop_service_kills_the_whole_process_tree(monkeypatch, tmp_path):
     assert stack.stop_service(s, "tree", timeout=5)
     assert not any(stack._alive(p) for p in [pid, *children])
     assert stack.running_pid(s, "tree") is None
+
+
+def test_postgres_settings(monkeypatch, tmp_path):
+    for var in ("POSTGRES_PORT", "POSTGRES_USER", "REGISTRY_DB_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
+    s = Settings()
+    assert s.postgres_port == 5433  # not 5432: a machine's own PostgreSQL keeps its port
+    assert s.postgres_url == "postgresql+psycopg2://tfdeploy@127.0.0.1:5433/tfdeploy_registry"
+    assert s.postgres_test_url == "postgresql+psycopg2://tfdeploy@127.0.0.1:5433/tfdeploy_registry_test"
+    assert s.registry_db_url == f"sqlite:///{tmp_path}/registry.db"
+    assert s.postgres_data_dir == tmp_path / "postgres" / "data"
+    monkeypatch.setenv("POSTGRES_PORT", "6543")
+    monkeypatch.setenv("REGISTRY_DB_URL", "postgresql+psycopg2://reg@127.0.0.1:6543/tfdeploy_registry")
+    s = Settings()
+    assert s.postgres_url.endswith("@127.0.0.1:6543/tfdeploy_registry")
+    assert s.registry_db_url == "postgresql+psycopg2://reg@127.0.0.1:6543/tfdeploy_registry"
+
+
+def test_pg_bin_dir_picks_the_newest_installed_major(tmp_path):
+    with pytest.raises(stack.StackError, match="PostgreSQL is not installed"):
+        stack.pg_bin_dir(tmp_path)
+    for major in ("9", "15", "16"):
+        (tmp_path / major / "bin").mkdir(parents=True)
+        (tmp_path / major / "bin" / "postgres").touch()
+    (tmp_path / "17" / "lib").mkdir(parents=True)  # a leftover without a server binary
+    assert stack.pg_bin_dir(tmp_path) == tmp_path / "16" / "bin"
+
+
+def test_postgres_is_stopped_with_sigint_to_the_postmaster_only(monkeypatch, tmp_path):
+    """Fast shutdown: only the recorded PID gets SIGINT; it stops its own children, as the postmaster does."""
+    import time
+
+    monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
+    s = Settings()
+    seen = tmp_path / "signals"
+    (tmp_path / "child.sh").write_text(
+        'trap "echo child-TERM >> $SEEN" TERM\ntrap "exit 0" USR1\nwhile :; do sleep 0.1; done\n'
+    )
+    (tmp_path / "leader.sh").write_text(
+        'trap "echo leader-TERM >> $SEEN" TERM\n'
+        'trap \'echo leader-INT >> "$SEEN"; kill -USR1 "$c"; wait "$c"; exit 0\' INT\n'
+        'bash "$(dirname "$0")/child.sh" & c=$!\n'
+        'while :; do wait "$c"; done\n'
+    )
+    env = {"PATH": "/usr/bin:/bin", "SEEN": str(seen)}
+    pid = stack._spawn(s, "postgres", ["bash", str(tmp_path / "leader.sh")], env)
+    deadline = time.monotonic() + 5
+    while not stack._descendants(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tree = [pid, *stack._descendants(pid)]
+    assert len(tree) > 1, "the child did not start"
+    t0 = time.monotonic()
+    assert stack.stop_service(s, "postgres", timeout=10)
+    assert time.monotonic() - t0 < 5, "stopped by the SIGKILL fallback, not by its own shutdown"
+    assert not any(stack._alive(p) for p in tree)
+    assert seen.read_text().split() == ["leader-INT"]

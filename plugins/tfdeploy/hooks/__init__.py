@@ -1,0 +1,1 @@
+"""Hooks: one client each, built lazily."""

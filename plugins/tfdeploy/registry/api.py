@@ -1,0 +1,323 @@
+"""The registry's HTTP API (FastAPI, OpenAPI docs at /docs) and its web page.
+
+Mounted in Airflow's api-server at /registry by an AirflowPlugin; also runnable on its own:
+`uvicorn --factory tfdeploy.registry.api:create_app --host 127.0.0.1 --port 8090`.
+Airflow does not authenticate plugin apps, so the registry checks bearer tokens itself (see auth.py).
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the dependency aliases defined in create_app.
+
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .auth import Principal, require_read, require_write
+from .config import RegistryConfig
+from .errors import RegistryError
+from .service import Actor, RegistryService
+
+WEB = Path(__file__).parent / "web"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Context(_Body):
+    """Who is acting and through which interface; the authenticated principal is recorded beside it."""
+
+    actor: str | None = Field(None, description="user on whose behalf (e.g. the run's triggering user)")
+    interface: str = Field("rest_api", description="schedule, ui, rest_api, cli, asset, backfill, pipeline")
+    dag_id: str = ""
+    run_id: str = ""
+    task_id: str = ""
+
+
+class ModelIn(_Body):
+    name: str
+    description: str = ""
+    context: Context = Context()
+
+
+class VersionIn(_Body):
+    version: int | None = Field(None, ge=0, description="omit for the next free integer")
+    hdfs_uri: str = ""
+    manifest_sha256: str = ""
+    source: str = ""
+    signatures: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    validation_report: dict[str, Any] = {}
+    reason: str = ""
+    context: Context = Context()
+
+
+class ReportIn(_Body):
+    metrics: dict[str, Any] | None = None
+    validation_report: dict[str, Any] | None = None
+    signatures: dict[str, Any] | None = None
+    context: Context = Context()
+
+
+class TransitionIn(_Body):
+    to_state: str
+    reason: str = ""
+    expected_state: str | None = Field(None, description="refuse with 409 unless the version is in this state")
+    details: dict[str, Any] = {}
+    context: Context = Context()
+
+
+class DeploymentIn(_Body):
+    version: int = Field(ge=0)
+    reason: str = ""
+    context: Context = Context()
+
+
+class HealthIn(_Body):
+    version: int = Field(ge=0)
+    target: str
+    status: str
+    details: dict[str, Any] = {}
+    context: Context = Context()
+
+
+class LockIn(_Body):
+    holder: str
+    run_id: str = ""
+    ttl_seconds: float = 900
+    context: Context = Context()
+
+
+class RenewIn(_Body):
+    token: str
+    ttl_seconds: float = 900
+
+
+class _State:
+    """The service, created and migrated on first use (mounted apps get no lifespan events)."""
+
+    def __init__(self, config: RegistryConfig) -> None:
+        self.config = config
+        self._service: RegistryService | None = None
+        self._lock = threading.Lock()
+
+    def service(self) -> RegistryService:
+        if self._service is None:
+            with self._lock:
+                if self._service is None:
+                    service = RegistryService(self.config.db_url)
+                    service.migrate()
+                    self._service = service
+        return self._service
+
+
+def _actor(ctx: Context, principal: Principal) -> Actor:
+    return Actor(
+        actor=ctx.actor or principal.name,
+        principal=principal.name,
+        interface=ctx.interface,
+        dag_id=ctx.dag_id,
+        run_id=ctx.run_id,
+        task_id=ctx.task_id,
+    )
+
+
+def create_app(config: RegistryConfig | None = None) -> FastAPI:
+    config = config or RegistryConfig.from_env()
+    state = _State(config)
+    app = FastAPI(
+        title="tfdeploy model registry",
+        version="1",
+        description="Versions, states, lineage, deployments, health, locks and history of TensorFlow models.",
+    )
+    app.state.registry = state
+
+    @app.exception_handler(RegistryError)
+    async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
+        return JSONResponse({"error": type(exc).__name__, "message": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse(
+            {"error": "InvalidRequest", "message": f"invalid request: {problems}", "detail": exc.errors()},
+            status_code=422,
+        )
+
+    def svc() -> RegistryService:
+        return state.service()
+
+    Svc = Annotated[RegistryService, Depends(svc)]
+    Reader = Annotated[Principal, Depends(require_read(config))]
+    Writer = Annotated[Principal, Depends(require_write(config))]
+    v1 = APIRouter(prefix="/v1")
+
+    @v1.get("/models", summary="Models with the version in production, the canary and health")
+    def list_models(
+        service: Svc,
+        _: Reader,
+        q: str = "",
+        limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JSONResponse:
+        # plain JSON types already: skip FastAPI's re-encoding pass (this list can hold thousands of models)
+        return JSONResponse(service.list_models(limit=limit, offset=offset, q=q))
+
+    @v1.post("/models", status_code=201, summary="Create a model (idempotent)")
+    def create_model(body: ModelIn, service: Svc, who: Writer) -> dict:
+        return service.create_model(body.name, _actor(body.context, who), body.description)
+
+    @v1.get("/models/{name}", summary="Model detail: production, canary, deployments, lock")
+    def get_model(name: str, service: Svc, _: Reader) -> dict:
+        return service.get_model(name)
+
+    @v1.get("/models/{name}/versions", summary="Versions, newest first, filtered by state")
+    def list_versions(
+        name: str,
+        service: Svc,
+        _: Reader,
+        state: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        return service.list_versions(name, state=state, limit=limit, offset=offset)
+
+    @v1.post("/models/{name}/versions", summary="Register a version (same content again: no-op)")
+    def register_version(name: str, body: VersionIn, service: Svc, who: Writer) -> JSONResponse:
+        out, created = service.register_version(
+            name,
+            _actor(body.context, who),
+            version=body.version,
+            hdfs_uri=body.hdfs_uri,
+            manifest_sha256=body.manifest_sha256,
+            source=body.source,
+            signatures=body.signatures,
+            metrics=body.metrics,
+            validation_report=body.validation_report,
+            reason=body.reason,
+        )
+        return JSONResponse(out, status_code=201 if created else 200)
+
+    @v1.get("/models/{name}/versions/{version}", summary="Version detail with its validation report")
+    def get_version(name: str, version: int, service: Svc, _: Reader) -> dict:
+        return service.get_version(name, version)
+
+    @v1.patch("/models/{name}/versions/{version}/report", summary="Attach metrics and validation report")
+    def update_report(name: str, version: int, body: ReportIn, service: Svc, who: Writer) -> dict:
+        return service.update_report(
+            name,
+            version,
+            _actor(body.context, who),
+            metrics=body.metrics,
+            validation_report=body.validation_report,
+            signatures=body.signatures,
+        )
+
+    @v1.post("/models/{name}/versions/{version}/transitions", summary="Change a version's state")
+    def transition(name: str, version: int, body: TransitionIn, service: Svc, who: Writer) -> dict:
+        return service.transition(
+            name,
+            version,
+            body.to_state,
+            _actor(body.context, who),
+            reason=body.reason,
+            expected_state=body.expected_state,
+            details=body.details,
+        )
+
+    @v1.get("/models/{name}/history", summary="A model's history, newest first")
+    def model_history(
+        name: str,
+        service: Svc,
+        _: Reader,
+        since: str | None = None,
+        until: str | None = None,
+        actor: str | None = None,
+        kind: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        service.get_model(name)  # 404 for an unknown model
+        return service.history(model=name, since=since, until=until, actor=actor, kind=kind, limit=limit, offset=offset)
+
+    @v1.get("/history", summary="History across models, filtered by model, time range and actor")
+    def history(
+        service: Svc,
+        _: Reader,
+        model: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        actor: str | None = None,
+        kind: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        return service.history(
+            model=model, since=since, until=until, actor=actor, kind=kind, limit=limit, offset=offset
+        )
+
+    @v1.get("/models/{name}/production", summary="Which version was in production at a time, and who put it there")
+    def production_at(name: str, at: str, service: Svc, _: Reader) -> dict:
+        return service.production_at(name, at)
+
+    @v1.get("/models/{name}/health", summary="Latest health records")
+    def get_health(name: str, service: Svc, _: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
+        return service.health(name, limit=limit)
+
+    @v1.post("/models/{name}/health", status_code=201, summary="Record a health check result")
+    def record_health(name: str, body: HealthIn, service: Svc, who: Writer) -> dict:
+        return service.record_health(
+            name, body.version, body.target, body.status, _actor(body.context, who), body.details
+        )
+
+    @v1.put("/models/{name}/deployments/{target}/{label}", summary="Point a label on a serving target at a version")
+    def set_deployment(name: str, target: str, label: str, body: DeploymentIn, service: Svc, who: Writer) -> dict:
+        return service.set_deployment(name, target, label, body.version, _actor(body.context, who), body.reason)
+
+    @v1.delete("/models/{name}/deployments/{target}/{label}", status_code=204, summary="Remove a label")
+    def clear_deployment(
+        name: str,
+        target: str,
+        label: str,
+        service: Svc,
+        who: Writer,
+        actor: str | None = None,
+        interface: str = "rest_api",
+        reason: str = "",
+    ) -> None:
+        service.clear_deployment(name, target, label, _actor(Context(actor=actor, interface=interface), who), reason)
+
+    @v1.post("/models/{name}/lock", summary="Acquire the model's deployment lock (a lease)")
+    def acquire_lock(name: str, body: LockIn, service: Svc, who: Writer) -> dict:
+        return service.acquire_lock(
+            name, body.holder, _actor(body.context, who), ttl_seconds=body.ttl_seconds, run_id=body.run_id
+        )
+
+    @v1.post("/models/{name}/lock/renew", summary="Extend the lease")
+    def renew_lock(name: str, body: RenewIn, service: Svc, _: Writer) -> dict:
+        return service.renew_lock(name, body.token, ttl_seconds=body.ttl_seconds)
+
+    @v1.delete("/models/{name}/lock", status_code=204, summary="Release the lock")
+    def release_lock(name: str, token: str, service: Svc, who: Writer, actor: str | None = None) -> None:
+        service.release_lock(name, token, _actor(Context(actor=actor), who))
+
+    app.include_router(v1)
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    @app.get("/config.json", include_in_schema=False)
+    def page_config() -> dict:
+        return {"airflowUrl": config.airflow_url}
+
+    return app

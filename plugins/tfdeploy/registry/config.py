@@ -1,0 +1,26 @@
+"""Registry configuration from the environment (shared with the rest of the project's settings)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    db_url: str
+    api_token: str = ""  # machines (the pipeline's hook) send this as a bearer token
+    public_reads: bool = False  # reads need a token by default
+    airflow_url: str = ""  # for links to DAG runs and task logs on the web page
+
+    @classmethod
+    def from_env(cls) -> RegistryConfig:
+        from tfdeploy.settings import get_settings
+
+        s = get_settings()
+        return cls(
+            db_url=s.registry_db_url,
+            api_token=os.environ.get("REGISTRY_API_TOKEN", ""),
+            public_reads=os.environ.get("REGISTRY_PUBLIC_READS", "false").strip().lower() in ("1", "true", "yes"),
+            airflow_url=os.environ.get("AIRFLOW__API__BASE_URL", s.airflow_url),
+        )

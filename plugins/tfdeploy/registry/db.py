@@ -1,0 +1,178 @@
+"""SQLAlchemy schema and engine set-up. The schema itself is created by Alembic (see migrations/)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+WRITE = "tfdeploy_write"  # execution option marking a write transaction
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: stored the same way on SQLite and PostgreSQL."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Denormalised for the list view (kept in step by the service in the same transaction).
+    production_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    canary_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    health_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    latest_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", name="uq_model_version"),
+        Index("ix_model_versions_model_state", "model_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(32))
+    row_version: Mapped[int] = mapped_column(Integer, default=1)  # optimistic concurrency
+    hdfs_uri: Mapped[str] = mapped_column(Text, default="")
+    manifest_sha256: Mapped[str] = mapped_column(String(64), default="")
+    source: Mapped[str] = mapped_column(Text, default="")
+    signatures: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    validation_report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str] = mapped_column(String(256), default="")
+    interface: Mapped[str] = mapped_column(String(32), default="")
+    dag_id: Mapped[str] = mapped_column(String(250), default="")
+    run_id: Mapped[str] = mapped_column(String(250), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Deployment(Base):
+    """Which version a label (stable, canary) points at on a serving target."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("model_id", "target", "label", name="uq_deployment_label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    target: Mapped[str] = mapped_column(String(128))
+    label: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(BigInteger)
+    updated_by: Mapped[str] = mapped_column(String(256), default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class HealthRecord(Base):
+    __tablename__ = "health_records"
+    __table_args__ = (Index("ix_health_model_time", "model_id", "recorded_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version: Mapped[int] = mapped_column(BigInteger)
+    target: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    actor: Mapped[str] = mapped_column(String(256), default="")
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DeploymentLock(Base):
+    """A lease per model: one deployment run at a time; an expired lease can be taken over."""
+
+    __tablename__ = "deployment_locks"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    run_id: Mapped[str] = mapped_column(String(250), default="")
+    token: Mapped[str] = mapped_column(String(64))
+    acquired_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class HistoryEvent(Base):
+    """Append-only: database triggers refuse UPDATE and DELETE on this table."""
+
+    __tablename__ = "history"
+    __table_args__ = (
+        Index("ix_history_model_at", "model_name", "at"),
+        Index("ix_history_at", "at"),
+        Index("ix_history_actor_at", "actor", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    model_name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))  # registered, transition, deployment, health, lock
+    from_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    to_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    actor: Mapped[str] = mapped_column(String(256), default="")
+    principal: Mapped[str] = mapped_column(String(256), default="")  # who authenticated the write
+    interface: Mapped[str] = mapped_column(String(32), default="")
+    dag_id: Mapped[str] = mapped_column(String(250), default="")
+    run_id: Mapped[str] = mapped_column(String(250), default="")
+    task_id: Mapped[str] = mapped_column(String(250), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL for concurrent readers, a busy timeout, and BEGIN IMMEDIATE for writes so racing writers queue
+    instead of failing on a lock upgrade (the loser of a race then sees the winner's row and gets a clean
+    409). Reads begin a plain (deferred) transaction and never block writers."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _sqlite_pragmas(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def session_factory(url: str) -> sessionmaker:
+    return sessionmaker(bind=engine_for(url), expire_on_commit=False)

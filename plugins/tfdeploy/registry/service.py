@@ -1,0 +1,692 @@
+"""Registry operations. Every write locks the model's row, checks the state machine, changes the rows and
+appends its history event in one transaction, so readers never see a half-done change."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from . import db
+from .errors import Conflict, InvalidRequest, LockHeld, LostRace, NotFound
+from .names import validate_model_name
+from .states import ModelState, check_transition
+
+INTERFACES = frozenset({"schedule", "ui", "rest_api", "cli", "asset", "backfill", "pipeline", "unknown"})
+HEALTH = frozenset({"healthy", "degraded", "unhealthy", "unknown"})
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did it and through what: recorded with every history event."""
+
+    actor: str
+    principal: str = ""
+    interface: str = "unknown"
+    dag_id: str = ""
+    run_id: str = ""
+    task_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.interface not in INTERFACES:
+            raise InvalidRequest(f"unknown interface {self.interface!r}; use one of {', '.join(sorted(INTERFACES))}")
+        if not self.actor:
+            raise InvalidRequest("actor is required: say who (a user, or the run's triggering user) made the change")
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.replace(microsecond=value.microsecond).isoformat() + "Z"
+
+
+def parse_time(value: str | dt.datetime | None) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        parsed = value
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRequest(f"invalid time {value!r}: use ISO 8601, e.g. 2026-11-24T14:05:00Z") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    return parsed
+
+
+def version_dict(model: db.Model, v: db.ModelVersion, *, full: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "modelName": model.name,
+        "version": v.version,
+        "state": v.state,
+        "hdfsUri": v.hdfs_uri,
+        "manifestSha256": v.manifest_sha256,
+        "source": v.source,
+        "metrics": v.metrics,
+        "createdBy": v.created_by,
+        "interface": v.interface,
+        "dagId": v.dag_id,
+        "runId": v.run_id,
+        "createdAt": iso(v.created_at),
+        "updatedAt": iso(v.updated_at),
+        "rowVersion": v.row_version,
+    }
+    if full:
+        out["signatures"] = v.signatures
+        out["validationReport"] = v.validation_report
+    return out
+
+
+def event_dict(e: db.HistoryEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "modelName": e.model_name,
+        "version": e.version,
+        "kind": e.kind,
+        "fromState": e.from_state,
+        "toState": e.to_state,
+        "actor": e.actor,
+        "principal": e.principal,
+        "interface": e.interface,
+        "dagId": e.dag_id,
+        "runId": e.run_id,
+        "taskId": e.task_id,
+        "reason": e.reason,
+        "details": e.details,
+    }
+
+
+def model_summary(m: db.Model) -> dict[str, Any]:
+    return {
+        "modelName": m.name,
+        "version": m.production_version,
+        "canaryVersion": m.canary_version,
+        "latestVersion": m.latest_version,
+        "health": m.health_status,
+        "updatedAt": iso(m.updated_at),
+    }
+
+
+class RegistryService:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sessions = db.session_factory(url)
+
+    # ------------------------------------------------------------------ schema
+
+    def migrate(self) -> None:
+        migrate(self.url)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite; row locks on PostgreSQL)."""
+        with self._sessions() as session:
+            session.connection(execution_options={db.WRITE: True})
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def _model(self, session: Session, name: str, *, lock: bool = False) -> db.Model:
+        validate_model_name(name)
+        query = select(db.Model).where(db.Model.name == name)
+        if lock:
+            query = query.with_for_update()
+        model = session.scalars(query).one_or_none()
+        if model is None:
+            raise NotFound(f"model {name!r} is not registered; register a version of it first")
+        return model
+
+    def _version(self, session: Session, model: db.Model, version: int) -> db.ModelVersion:
+        row = session.scalars(
+            select(db.ModelVersion).where(db.ModelVersion.model_id == model.id, db.ModelVersion.version == version)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"model {model.name!r} has no version {version}")
+        return row
+
+    def _event(self, session: Session, ctx: Actor, model: str, kind: str, **fields: Any) -> None:
+        session.add(
+            db.HistoryEvent(
+                at=db.utcnow(),
+                model_name=model,
+                kind=kind,
+                actor=ctx.actor,
+                principal=ctx.principal,
+                interface=ctx.interface,
+                dag_id=ctx.dag_id,
+                run_id=ctx.run_id,
+                task_id=ctx.task_id,
+                reason=fields.pop("reason", "") or "",
+                details=fields.pop("details", None) or {},
+                **fields,
+            )
+        )
+
+    def _ensure_model(self, session: Session, name: str, ctx: Actor, description: str = "") -> db.Model:
+        validate_model_name(name)
+        existing = session.scalars(select(db.Model).where(db.Model.name == name).with_for_update()).one_or_none()
+        if existing is not None:
+            return existing
+        model = db.Model(name=name, description=description, created_at=db.utcnow(), updated_at=db.utcnow())
+        session.add(model)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise Conflict(f"model {name!r} was created concurrently; retry") from None
+        self._event(session, ctx, name, "model_created", reason=description)
+        return model
+
+    # ------------------------------------------------------------------ models
+
+    def create_model(self, name: str, ctx: Actor, description: str = "") -> dict[str, Any]:
+        with self._tx() as session:
+            return model_summary(self._ensure_model(session, name, ctx, description))
+
+    def list_models(self, *, limit: int = 1000, offset: int = 0, q: str = "") -> dict[str, Any]:
+        with self._sessions() as session:
+            query = select(db.Model).order_by(db.Model.name)
+            count = select(func.count()).select_from(db.Model)
+            if q:
+                query = query.where(db.Model.name.contains(q, autoescape=True))
+                count = count.where(db.Model.name.contains(q, autoescape=True))
+            rows = session.scalars(query.limit(limit).offset(offset)).all()
+            total = session.scalar(count)
+            return {"models": [model_summary(m) for m in rows], "total": total, "limit": limit, "offset": offset}
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        with self._sessions() as session:
+            model = self._model(session, name)
+            out = model_summary(model)
+            out["description"] = model.description
+            out["createdAt"] = iso(model.created_at)
+            out["versionCount"] = session.scalar(
+                select(func.count()).select_from(db.ModelVersion).where(db.ModelVersion.model_id == model.id)
+            )
+            out["deployments"] = [
+                {
+                    "target": d.target,
+                    "label": d.label,
+                    "version": d.version,
+                    "updatedBy": d.updated_by,
+                    "updatedAt": iso(d.updated_at),
+                }
+                for d in session.scalars(
+                    select(db.Deployment).where(db.Deployment.model_id == model.id).order_by(db.Deployment.target)
+                )
+            ]
+            lock = session.get(db.DeploymentLock, model.id)
+            out["lock"] = (
+                {
+                    "holder": lock.holder,
+                    "runId": lock.run_id,
+                    "expiresAt": iso(lock.expires_at),
+                    "expired": lock.expires_at <= db.utcnow(),
+                }
+                if lock
+                else None
+            )
+            return out
+
+    # ------------------------------------------------------------------ versions
+
+    def register_version(
+        self,
+        name: str,
+        ctx: Actor,
+        *,
+        version: int | None = None,
+        hdfs_uri: str = "",
+        manifest_sha256: str = "",
+        source: str = "",
+        signatures: dict | None = None,
+        metrics: dict | None = None,
+        validation_report: dict | None = None,
+        reason: str = "",
+    ) -> tuple[dict[str, Any], bool]:
+        """Register a version as `registered`. Same version with the same content is a no-op (returns
+        created=False); with different content it is a Conflict: versions are never overwritten."""
+        if version is not None and version < 0:
+            raise InvalidRequest(f"version must be a non-negative integer, got {version}")
+        with self._tx() as session:
+            model = self._ensure_model(session, name, ctx)
+            if version is None:
+                highest = session.scalar(
+                    select(func.max(db.ModelVersion.version)).where(db.ModelVersion.model_id == model.id)
+                )
+                version = (highest or 0) + 1
+            existing = session.scalars(
+                select(db.ModelVersion).where(db.ModelVersion.model_id == model.id, db.ModelVersion.version == version)
+            ).one_or_none()
+            if existing is not None:
+                if (existing.manifest_sha256, existing.hdfs_uri) == (manifest_sha256, hdfs_uri):
+                    return version_dict(model, existing, full=True), False
+                raise Conflict(
+                    f"version {version} of model {name!r} already exists with different content "
+                    f"(manifest {existing.manifest_sha256[:12] or '-'} at {existing.hdfs_uri or '-'}, "
+                    f"not {manifest_sha256[:12] or '-'} at {hdfs_uri or '-'}); register it as a new version"
+                )
+            now = db.utcnow()
+            row = db.ModelVersion(
+                model_id=model.id,
+                version=version,
+                state=ModelState.REGISTERED.value,
+                row_version=1,
+                hdfs_uri=hdfs_uri,
+                manifest_sha256=manifest_sha256,
+                source=source,
+                signatures=signatures or {},
+                metrics=metrics or {},
+                validation_report=validation_report or {},
+                created_by=ctx.actor,
+                interface=ctx.interface,
+                dag_id=ctx.dag_id,
+                run_id=ctx.run_id,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            model.latest_version = max(version, model.latest_version or 0)
+            model.updated_at = now
+            self._event(
+                session,
+                ctx,
+                name,
+                "registered",
+                version=version,
+                to_state=ModelState.REGISTERED.value,
+                reason=reason,
+                details={"hdfsUri": hdfs_uri, "manifestSha256": manifest_sha256, "source": source},
+            )
+            session.flush()
+            return version_dict(model, row, full=True), True
+
+    def list_versions(self, name: str, *, state: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        with self._sessions() as session:
+            model = self._model(session, name)
+            query = select(db.ModelVersion).where(db.ModelVersion.model_id == model.id)
+            count = select(func.count()).select_from(db.ModelVersion).where(db.ModelVersion.model_id == model.id)
+            if state:
+                ModelState(state) if state in ModelState._value2member_map_ else _bad_state(state)
+                query = query.where(db.ModelVersion.state == state)
+                count = count.where(db.ModelVersion.state == state)
+            rows = session.scalars(query.order_by(db.ModelVersion.version.desc()).limit(limit).offset(offset)).all()
+            return {
+                "versions": [version_dict(model, v) for v in rows],
+                "total": session.scalar(count),
+                "limit": limit,
+                "offset": offset,
+            }
+
+    def get_version(self, name: str, version: int) -> dict[str, Any]:
+        with self._sessions() as session:
+            model = self._model(session, name)
+            return version_dict(model, self._version(session, model, version), full=True)
+
+    def update_report(
+        self,
+        name: str,
+        version: int,
+        ctx: Actor,
+        *,
+        metrics: dict | None = None,
+        validation_report: dict | None = None,
+        signatures: dict | None = None,
+    ) -> dict[str, Any]:
+        """Attach validation results (allowed while a version is registered; later they are history)."""
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            row = self._version(session, model, version)
+            if row.state != ModelState.REGISTERED.value:
+                raise Conflict(
+                    f"version {version} of {name!r} is {row.state}; reports can only change while registered"
+                )
+            if metrics is not None:
+                row.metrics = metrics
+            if validation_report is not None:
+                row.validation_report = validation_report
+            if signatures is not None:
+                row.signatures = signatures
+            row.row_version += 1
+            row.updated_at = db.utcnow()
+            self._event(session, ctx, name, "report", version=version, details={"metrics": row.metrics})
+            return version_dict(model, row, full=True)
+
+    def transition(
+        self,
+        name: str,
+        version: int,
+        to_state: str,
+        ctx: Actor,
+        *,
+        reason: str = "",
+        expected_state: str | None = None,
+        details: dict | None = None,
+    ) -> dict[str, Any]:
+        """Move a version to another state. Moving one to production supersedes the previous one in the same
+        transaction. `expected_state` makes the write conditional: a writer that lost a race gets LostRace."""
+        target = ModelState(to_state) if to_state in ModelState._value2member_map_ else _bad_state(to_state)
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            row = self._version(session, model, version)
+            if expected_state is not None and row.state != expected_state:
+                raise LostRace(
+                    f"version {version} of {name!r} is {row.state}, not {expected_state}: another writer changed it "
+                    "first; re-read it and retry if the change is still wanted"
+                )
+            src, dst = check_transition(row.state, target)
+            now = db.utcnow()
+            if dst == ModelState.PRODUCTION and model.production_version not in (None, version):
+                previous = self._version(session, model, model.production_version)
+                self._set_state(session, model, previous, ModelState.SUPERSEDED, now)
+                self._event(
+                    session,
+                    ctx,
+                    name,
+                    "transition",
+                    version=previous.version,
+                    from_state="production",
+                    to_state="superseded",
+                    reason=f"superseded by version {version}",
+                )
+            self._set_state(session, model, row, dst, now, expected_row_version=row.row_version)
+            self._event(
+                session,
+                ctx,
+                name,
+                "transition",
+                version=version,
+                from_state=src.value,
+                to_state=dst.value,
+                reason=reason,
+                details=details,
+            )
+            return version_dict(model, row, full=True)
+
+    def _set_state(
+        self,
+        session: Session,
+        model: db.Model,
+        row: db.ModelVersion,
+        state: ModelState,
+        now: dt.datetime,
+        expected_row_version: int | None = None,
+    ) -> None:
+        result = session.execute(
+            update(db.ModelVersion)
+            .where(
+                db.ModelVersion.id == row.id, db.ModelVersion.row_version == (expected_row_version or row.row_version)
+            )
+            .values(state=state.value, row_version=db.ModelVersion.row_version + 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:  # a CursorResult for UPDATE
+            raise LostRace(f"version {row.version} of {model.name!r} changed while being written; retry")
+        session.refresh(row)
+        if state == ModelState.PRODUCTION:
+            model.production_version = row.version
+        elif model.production_version == row.version:
+            model.production_version = None
+        if state == ModelState.CANARY:
+            model.canary_version = row.version
+        elif model.canary_version == row.version:
+            model.canary_version = None
+        model.updated_at = now
+
+    # ------------------------------------------------------------------ deployments and health
+
+    def set_deployment(self, name: str, target: str, label: str, version: int, ctx: Actor, reason: str = "") -> dict:
+        if not target or not label:
+            raise InvalidRequest("target and label are required")
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            self._version(session, model, version)
+            row = session.scalars(
+                select(db.Deployment).where(
+                    db.Deployment.model_id == model.id, db.Deployment.target == target, db.Deployment.label == label
+                )
+            ).one_or_none()
+            previous = row.version if row else None
+            if row is None:
+                row = db.Deployment(model_id=model.id, target=target, label=label, version=version)
+                session.add(row)
+            row.version, row.updated_by, row.updated_at = version, ctx.actor, db.utcnow()
+            self._event(
+                session,
+                ctx,
+                name,
+                "deployment",
+                version=version,
+                reason=reason,
+                details={"target": target, "label": label, "previousVersion": previous},
+            )
+            return {"target": target, "label": label, "version": version, "previousVersion": previous}
+
+    def clear_deployment(self, name: str, target: str, label: str, ctx: Actor, reason: str = "") -> None:
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            row = session.scalars(
+                select(db.Deployment).where(
+                    db.Deployment.model_id == model.id, db.Deployment.target == target, db.Deployment.label == label
+                )
+            ).one_or_none()
+            if row is None:
+                return
+            session.delete(row)
+            self._event(
+                session,
+                ctx,
+                name,
+                "deployment",
+                version=row.version,
+                reason=reason,
+                details={"target": target, "label": label, "removed": True},
+            )
+
+    def record_health(
+        self, name: str, version: int, target: str, status: str, ctx: Actor, details: dict | None = None
+    ) -> dict[str, Any]:
+        if status not in HEALTH:
+            raise InvalidRequest(f"unknown health status {status!r}; use one of {', '.join(sorted(HEALTH))}")
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            self._version(session, model, version)
+            now = db.utcnow()
+            session.add(
+                db.HealthRecord(
+                    model_id=model.id,
+                    version=version,
+                    target=target,
+                    status=status,
+                    details=details or {},
+                    actor=ctx.actor,
+                    recorded_at=now,
+                )
+            )
+            if version in (model.production_version, model.canary_version) or model.production_version is None:
+                model.health_status = status
+                model.updated_at = now
+            self._event(session, ctx, name, "health", version=version, details={"target": target, "status": status})
+            return {"modelName": name, "version": version, "target": target, "status": status, "recordedAt": iso(now)}
+
+    def health(self, name: str, *, limit: int = 50) -> dict[str, Any]:
+        with self._sessions() as session:
+            model = self._model(session, name)
+            rows = session.scalars(
+                select(db.HealthRecord)
+                .where(db.HealthRecord.model_id == model.id)
+                .order_by(db.HealthRecord.recorded_at.desc(), db.HealthRecord.id.desc())
+                .limit(limit)
+            ).all()
+            return {
+                "modelName": name,
+                "status": model.health_status,
+                "records": [
+                    {
+                        "version": r.version,
+                        "target": r.target,
+                        "status": r.status,
+                        "details": r.details,
+                        "actor": r.actor,
+                        "recordedAt": iso(r.recorded_at),
+                    }
+                    for r in rows
+                ],
+            }
+
+    # ------------------------------------------------------------------ history
+
+    def history(
+        self,
+        *,
+        model: str | None = None,
+        since: str | dt.datetime | None = None,
+        until: str | dt.datetime | None = None,
+        actor: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        query = select(db.HistoryEvent)
+        if model:
+            validate_model_name(model)
+            query = query.where(db.HistoryEvent.model_name == model)
+        if (start := parse_time(since)) is not None:
+            query = query.where(db.HistoryEvent.at >= start)
+        if (end := parse_time(until)) is not None:
+            query = query.where(db.HistoryEvent.at <= end)
+        if actor:
+            query = query.where(db.HistoryEvent.actor == actor)
+        if kind:
+            query = query.where(db.HistoryEvent.kind == kind)
+        with self._sessions() as session:
+            rows = session.scalars(
+                query.order_by(db.HistoryEvent.at.desc(), db.HistoryEvent.id.desc()).limit(limit).offset(offset)
+            ).all()
+            return {"events": [event_dict(e) for e in rows], "limit": limit, "offset": offset}
+
+    def production_at(self, name: str, at: str | dt.datetime) -> dict[str, Any]:
+        """Which version was in production at a moment, and who put it there (from the history)."""
+        moment = parse_time(at)
+        assert moment is not None
+        with self._sessions() as session:
+            self._model(session, name)
+            events = session.scalars(
+                select(db.HistoryEvent)
+                .where(
+                    db.HistoryEvent.model_name == name,
+                    db.HistoryEvent.kind == "transition",
+                    db.HistoryEvent.at <= moment,
+                )
+                .order_by(db.HistoryEvent.at, db.HistoryEvent.id)
+            ).all()
+            current: db.HistoryEvent | None = None
+            for e in events:
+                if e.to_state == ModelState.PRODUCTION.value:
+                    current = e
+                elif current is not None and e.version == current.version and e.from_state == "production":
+                    current = None
+            return {
+                "modelName": name,
+                "at": iso(moment),
+                "version": current.version if current else None,
+                "since": iso(current.at) if current else None,
+                "promotedBy": event_dict(current) if current else None,
+            }
+
+    # ------------------------------------------------------------------ deployment locks (leases)
+
+    def acquire_lock(self, name: str, holder: str, ctx: Actor, *, ttl_seconds: float, run_id: str = "") -> dict:
+        _check_ttl(ttl_seconds)
+        with self._tx() as session:
+            model = self._ensure_model(session, name, ctx)
+            now = db.utcnow()
+            lock = session.get(db.DeploymentLock, model.id, with_for_update=True)
+            if lock is not None and lock.expires_at > now:
+                if lock.run_id == run_id and lock.holder == holder and run_id:
+                    # the same run asking again (a task retry): extend and hand back its lease
+                    lock.expires_at = now + dt.timedelta(seconds=ttl_seconds)
+                    return _lock_dict(name, lock)
+                raise LockHeld(
+                    f"model {name!r} is being deployed by {lock.holder} (run {lock.run_id or '-'}) until "
+                    f"{iso(lock.expires_at)}; wait for it, or for the lease to expire"
+                )
+            taken_over = lock is not None
+            if lock is None:
+                lock = db.DeploymentLock(model_id=model.id)
+                session.add(lock)
+            lock.holder, lock.run_id, lock.token = holder, run_id, secrets.token_hex(16)
+            lock.acquired_at, lock.expires_at = now, now + dt.timedelta(seconds=ttl_seconds)
+            self._event(
+                session,
+                ctx,
+                name,
+                "lock",
+                reason="acquired" + (" (expired lease taken over)" if taken_over else ""),
+                details={"holder": holder, "expiresAt": iso(lock.expires_at)},
+            )
+            return _lock_dict(name, lock)
+
+    def renew_lock(self, name: str, token: str, *, ttl_seconds: float) -> dict:
+        _check_ttl(ttl_seconds)
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            lock = session.get(db.DeploymentLock, model.id)
+            if lock is None or not secrets.compare_digest(lock.token, token):
+                raise Conflict(f"lock of model {name!r} is not held with this token (it expired and was taken over?)")
+            lock.expires_at = db.utcnow() + dt.timedelta(seconds=ttl_seconds)
+            return _lock_dict(name, lock)
+
+    def release_lock(self, name: str, token: str, ctx: Actor) -> None:
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            lock = session.get(db.DeploymentLock, model.id)
+            if lock is None:
+                return
+            if not secrets.compare_digest(lock.token, token):
+                raise Conflict(f"lock of model {name!r} is held by {lock.holder}, not with this token")
+            session.delete(lock)
+            self._event(session, ctx, name, "lock", reason="released", details={"holder": lock.holder})
+
+
+def _lock_dict(name: str, lock: db.DeploymentLock) -> dict[str, Any]:
+    return {
+        "modelName": name,
+        "holder": lock.holder,
+        "runId": lock.run_id,
+        "token": lock.token,
+        "acquiredAt": iso(lock.acquired_at),
+        "expiresAt": iso(lock.expires_at),
+    }
+
+
+def _check_ttl(ttl: float) -> None:
+    if not 0 < ttl <= 86400:
+        raise InvalidRequest(f"ttl_seconds must be in (0, 86400], got {ttl}")
+
+
+def _bad_state(state: str) -> ModelState:
+    raise InvalidRequest(f"unknown state {state!r}; use one of {', '.join(s.value for s in ModelState)}")
+
+
+def migrate(url: str) -> None:
+    """Bring the database to the newest schema (Alembic upgrade head); safe to call at every start."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")

@@ -1,0 +1,261 @@
+"""The registry's web page in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+The registry runs standalone in-process on a free loopback port, with data seeded through RegistryService;
+the test checks what a person would: the auth message without a token, the model list and its filters, a
+model's production/canary, the version timeline and its links to Airflow, and saves a full-page screenshot.
+It needs no other service of the stack.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import uvicorn
+from playwright.sync_api import expect, sync_playwright
+
+from tfdeploy.registry.api import create_app
+from tfdeploy.registry.config import RegistryConfig
+from tfdeploy.registry.service import Actor, RegistryService
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "test-token"
+AIRFLOW = "http://airflow.example"
+DAG = "train_fraud_detector"
+RUN_V2 = "manual__2026-11-24T14:05:00+00:00"
+RUN_V3 = "scheduled__2026-11-25T02:00:00+00:00"
+ESCAPED_REASON = "<b>accuracy below gate</b> & <script>window.pwned = 1</script>"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _seed(service: RegistryService) -> None:
+    def by(user: str, run_id: str = "", task_id: str = "", interface: str = "pipeline") -> Actor:
+        return Actor(
+            actor=user,
+            principal="api-token",
+            interface=interface,
+            dag_id=DAG if run_id else "",
+            run_id=run_id,
+            task_id=task_id,
+        )
+
+    runs = {1: "manual__2026-11-20T09:00:00+00:00", 2: RUN_V2, 3: RUN_V3}
+    metrics = {
+        1: {"accuracy": 0.91, "auc": 0.955},
+        2: {"accuracy": 0.95, "auc": 0.97},
+        3: {"accuracy": 0.962, "auc": 0.981},
+    }
+    for v in (1, 2, 3):
+        run = runs[v]
+        service.register_version(
+            "fraud-detector",
+            by("alice", run, "register_model"),
+            version=v,
+            hdfs_uri=f"hdfs:///models/fraud-detector/{v}",
+            manifest_sha256=f"{v:02d}" * 32,
+            source="gs-free/train.py",
+            metrics=metrics[v],
+        )
+        service.transition("fraud-detector", v, "validated", by("alice", run, "validate_model"))
+        service.transition("fraud-detector", v, "canary", by("alice", run, "deploy_canary"), reason="gates passed")
+        if v < 3:
+            service.transition("fraud-detector", v, "production", by("alice", run, "promote"), reason="canary healthy")
+    service.set_deployment("fraud-detector", "tfserving-prod", "stable", 2, by("alice", RUN_V2, "promote"))
+    service.set_deployment("fraud-detector", "tfserving-prod", "canary", 3, by("alice", RUN_V3, "deploy_canary"))
+    service.record_health("fraud-detector", 3, "tfserving-prod", "degraded", by("monitor", interface="schedule"))
+    service.record_health("fraud-detector", 2, "tfserving-prod", "healthy", by("monitor", interface="schedule"))
+    service.acquire_lock("fraud-detector", "deploy_fraud_detector", by("alice", RUN_V3), ttl_seconds=900, run_id=RUN_V3)
+
+    service.register_version("churn-predictor", by("bob", interface="cli"), metrics={"rmse": 0.31})
+    service.transition("churn-predictor", 1, "validated", by("bob", interface="cli"))
+    service.transition("churn-predictor", 1, "canary", by("bob", interface="cli"))
+    service.transition("churn-predictor", 1, "production", by("bob", interface="ui"))
+    service.record_health("churn-predictor", 1, "tfserving-prod", "unhealthy", by("monitor", interface="schedule"))
+
+    service.register_version("spam-filter", by("carol", "manual__2026-11-25T08:00:00+00:00", "register_model"))
+    service.transition(
+        "spam-filter",
+        1,
+        "rejected",
+        by("carol", "manual__2026-11-25T08:00:00+00:00", "validate_model"),
+        reason=ESCAPED_REASON,
+    )
+
+
+@pytest.fixture
+def registry_url(tmp_path: Path) -> Iterator[str]:
+    db_url = f"sqlite:///{tmp_path / 'registry.db'}"
+    service = RegistryService(db_url)
+    service.migrate()
+    _seed(service)
+    app = create_app(RegistryConfig(db_url=db_url, api_token=TOKEN, airflow_url=AIRFLOW))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the registry did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (include/scripts/setup.sh does)")
+    # launch() gives Chromium a fresh temporary --user-data-dir of its own (passing one is refused: that is
+    # launch_persistent_context's job, which allows one context only; this test needs two)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+def _run_href(run_id: str) -> str:
+    return f"{AIRFLOW}/dags/{DAG}/runs/{quote(run_id, safe='')}"
+
+
+def test_registry_page(registry_url: str, browser, artifacts_dir: Path) -> None:
+    # 1. no token: the page says to sign in to Airflow (or paste a token) and shows the registry's message
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.goto(registry_url)
+    auth = page.get_by_test_id("auth-box")
+    expect(auth).to_be_visible()
+    expect(auth).to_contain_text("Sign in to Airflow")
+    expect(page.get_by_test_id("auth-message")).to_contain_text("401")
+    expect(page.get_by_test_id("auth-message")).to_contain_text("missing bearer token")
+    expect(page.get_by_test_id("model-row")).to_have_count(0)
+    # a pasted token (kept in sessionStorage, sent as a bearer header) lets the page in
+    page.get_by_test_id("token-input").fill(TOKEN)
+    page.get_by_test_id("token-save").click()
+    expect(page.get_by_test_id("model-row")).to_have_count(3)
+    expect(auth).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('tfdeploy.registry.token')") == TOKEN
+    context.close()
+
+    # 2. the Airflow UI's `_token` cookie is enough (a fresh context: no pasted token)
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.goto(registry_url)
+    expect(page.get_by_test_id("auth-box")).to_be_visible()
+    context.add_cookies([{"name": "_token", "value": TOKEN, "url": registry_url}])
+    page.reload()
+    rows = page.get_by_test_id("model-row")
+    expect(rows).to_have_count(3)
+    expect(page.get_by_test_id("auth-box")).to_be_hidden()
+    expect(page.get_by_test_id("error-box")).to_be_hidden()
+    expect(page.get_by_test_id("model-name")).to_have_text(["churn-predictor", "fraud-detector", "spam-filter"])
+
+    fraud = page.locator("[data-testid=model-row][data-model='fraud-detector']")
+    expect(fraud.get_by_test_id("production")).to_have_text("2")
+    expect(fraud.get_by_test_id("canary")).to_have_text("3")
+    expect(fraud.get_by_test_id("latest")).to_have_text("3")
+    expect(fraud.get_by_test_id("health")).to_have_text("healthy")
+    churn = page.locator("[data-testid=model-row][data-model='churn-predictor']")
+    expect(churn.get_by_test_id("production")).to_have_text("1")
+    expect(churn.get_by_test_id("canary")).to_have_text("—")
+    expect(churn.get_by_test_id("health")).to_have_text("unhealthy")
+    spam = page.locator("[data-testid=model-row][data-model='spam-filter']")
+    expect(spam.get_by_test_id("production")).to_have_text("—")
+    expect(spam.get_by_test_id("health")).to_have_text("none")
+    expect(page.get_by_test_id("model-count")).to_have_text("3 models")
+
+    # search (server-side q=) narrows the list; the filters narrow it on the page
+    search = page.get_by_test_id("search")
+    search.fill("churn")
+    expect(page.get_by_test_id("model-name")).to_have_text(["churn-predictor"])
+    search.fill("nothing-like-this")
+    expect(rows).to_have_count(0)
+    expect(page.get_by_test_id("model-empty")).to_contain_text("nothing-like-this")
+    search.fill("")
+    expect(rows).to_have_count(3)
+    page.get_by_test_id("filter").select_option("canary")
+    expect(page.get_by_test_id("model-name")).to_have_text(["fraud-detector"])
+    page.get_by_test_id("filter").select_option("")
+    page.get_by_test_id("health-filter").select_option("unhealthy")
+    expect(page.get_by_test_id("model-name")).to_have_text(["churn-predictor"])
+    expect(page.get_by_test_id("model-count")).to_have_text("1 of 3 models")
+    page.get_by_test_id("health-filter").select_option("")
+    expect(rows).to_have_count(3)
+
+    # text from the API is shown as text, never parsed as HTML
+    spam.click()
+    expect(page.get_by_test_id("detail-name")).to_have_text("spam-filter")
+    rejected = page.locator("[data-testid=history-row][data-kind=transition]")
+    expect(rejected).to_have_count(1)
+    expect(rejected).to_contain_text(ESCAPED_REASON)
+    assert page.locator("#history-rows b, #history-rows script").count() == 0
+    assert page.evaluate("window.pwned") is None
+
+    # 3. a model's detail: production, canary, lock, deployments, the version timeline and its Airflow links
+    fraud.click()
+    expect(page).to_have_url(re.compile(r"#model=fraud-detector$"))
+    expect(fraud).to_have_class(re.compile(r"\bselected\b"))
+    expect(page.get_by_test_id("detail-name")).to_have_text("fraud-detector")
+    expect(page.get_by_test_id("detail-production")).to_have_text("v2")
+    expect(page.get_by_test_id("detail-canary")).to_have_text("v3")
+    expect(page.get_by_test_id("detail-health")).to_have_text("healthy")
+    expect(page.get_by_test_id("lock")).to_contain_text("deploy_fraud_detector")
+    expect(page.get_by_test_id("deployment-row")).to_have_count(2)
+    deployments = page.get_by_test_id("deployment-row")
+    expect(deployments.filter(has_text="stable").get_by_test_id("deployment-version")).to_have_text("2")
+    expect(deployments.filter(has_text="canary").get_by_test_id("deployment-version")).to_have_text("3")
+
+    entries = page.get_by_test_id("timeline-entry")
+    expect(entries).to_have_count(3)
+    expect(entries.get_by_test_id("version-number")).to_have_text(["v3", "v2", "v1"])
+    expect(entries.get_by_test_id("version-state")).to_have_text(["canary", "production", "superseded"])
+    assert [entries.nth(i).get_attribute("data-state") for i in range(3)] == ["canary", "production", "superseded"]
+    v2 = page.locator("[data-testid=timeline-entry][data-version='2']")
+    expect(v2.get_by_test_id("metric")).to_have_text(["accuracy=0.95", "auc=0.97"])
+    expect(v2.get_by_test_id("created-by")).to_have_text("by alice")
+    expect(v2.get_by_test_id("run-link")).to_have_attribute("href", _run_href(RUN_V2))
+    assert _run_href(RUN_V2) == f"{AIRFLOW}/dags/{DAG}/runs/manual__2026-11-24T14%3A05%3A00%2B00%3A00"
+    expect(page.locator("[data-testid=timeline-entry][data-version='3'] [data-testid=run-link]")).to_have_attribute(
+        "href", _run_href(RUN_V3)
+    )
+
+    # the history: newest first, with from -> to states and links to the run and the task's logs
+    history = page.get_by_test_id("history-row")
+    expect(history.first).to_contain_text("lock")
+    promoted = history.filter(has_text="canary healthy").filter(
+        has=page.get_by_test_id("event-to").filter(has_text="production")
+    )
+    expect(promoted).to_have_count(2)  # v1 then v2 went canary -> production
+    expect(promoted.first.get_by_test_id("event-from")).to_have_text("canary")
+    expect(promoted.first.get_by_test_id("history-task-link")).to_have_attribute(
+        "href", _run_href(RUN_V2) + "/tasks/promote"
+    )
+    superseded = history.filter(has_text="superseded by version 2")
+    expect(superseded.get_by_test_id("event-to")).to_have_text("superseded")
+
+    # filter the versions by state (server-side state=)
+    page.get_by_test_id("version-filter").select_option("production")
+    expect(entries).to_have_count(1)
+    expect(entries.get_by_test_id("version-number")).to_have_text(["v2"])
+    page.get_by_test_id("version-filter").select_option("")
+    expect(entries).to_have_count(3)
+
+    page.wait_for_load_state("networkidle")
+    shot = artifacts_dir / "registry-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    context.close()
