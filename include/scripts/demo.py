@@ -1,41 +1,88 @@
-"""The main job: triggers the project's DAG through Airflow's REST API on the running stack and reports.
+"""The main job (`make demo`): deploys the example model end to end, then a second version, through the
+real scheduler, HDFS and a serving container, and prints where to look.
 
-`make demo` brings the stack up first. Until the deployment pipeline lands, the job run is `stack_check`,
-which proves HDFS and Docker are reachable from Airflow tasks.
+1. builds the example Keras model twice (include/example_model/build.py: `good`, then `better`);
+2. triggers `model_deploy` over Airflow's REST API for each and waits for the runs;
+3. asks the serving container for a prediction and the registry for the model's state.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "plugins"))
 
 from tfdeploy.airflow_client import AirflowClient  # noqa: E402
 from tfdeploy.settings import get_settings  # noqa: E402
 
-DAG_ID = "stack_check"
+DAG_ID = "model_deploy"
+MODEL = "demo_regressor"
+
+
+def build(variant: str, out: Path) -> Path:
+    if not (out / "saved_model" / "saved_model.pb").exists():
+        print(f"[demo] building the example model ({variant}) into {out}")
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "include" / "example_model" / "build.py"),
+                "--out",
+                str(out),
+                "--variant",
+                variant,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return out
+
+
+def deploy(client: AirflowClient, example: Path, label: str) -> dict:
+    conf = {"model_name": MODEL, "source": str(example / "saved_model"), "golden_path": str(example / "golden.json")}
+    run = client.trigger(DAG_ID, conf=conf)
+    run_id = run["dag_run_id"]
+    print(f"[demo] {label}: triggered {DAG_ID} run {run_id}")
+    t0 = time.monotonic()
+    final = client.wait_for_run(DAG_ID, run_id, timeout=900)
+    tis = {ti["task_id"]: ti["state"] for ti in client.task_instances(DAG_ID, run_id)}
+    print(f"[demo] {label}: run ended {final['state']} in {time.monotonic() - t0:.1f}s: {tis}")
+    return final
 
 
 def main() -> int:
     s = get_settings()
     client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password)
+    first = build("good", s.state_dir / "example" / "good")
+    second = build("better", s.state_dir / "example" / "better")
     client.wait_for_dag(DAG_ID)
     client.unpause(DAG_ID)
-    run = client.trigger(DAG_ID, conf={"note": "make demo"})
-    run_id = run["dag_run_id"]
-    print(f"[demo] triggered {DAG_ID} run {run_id}")
-    t0 = time.monotonic()
-    final = client.wait_for_run(DAG_ID, run_id)
-    tis = client.task_instances(DAG_ID, run_id)
-    print(f"[demo] run {run_id} ended {final['state']} in {time.monotonic() - t0:.1f}s")
-    for ti in tis:
-        print(f"[demo]   {ti['task_id']}: {ti['state']}")
-    print(f"[demo] Airflow UI:   {s.airflow_url}/dags/{DAG_ID}/runs/{run_id}  (user {s.airflow_user!r})")
-    print(f"[demo] HDFS UI:      {s.webhdfs_url}/explorer.html")
-    print(f"[demo] service logs: {s.logs_dir}/   stop everything with `make down`")
-    return 0 if final["state"] == "success" else 1
+    ok = deploy(client, first, "first version")["state"] == "success"
+    ok = deploy(client, second, "second version")["state"] == "success" and ok
+    token = client.token()
+    registry = requests.get(
+        f"{s.airflow_url}/registry/v1/models/{MODEL}", timeout=10, headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    golden = json.loads((second / "golden.json").read_text())
+    rest = "http://127.0.0.1:8501"
+    answer = requests.post(f"{rest}/v1/models/{MODEL}:predict", json={"instances": golden["inputs"][:2]}, timeout=10)
+    print(f"[demo] registry: {MODEL} production v{registry.get('version')}, deployments {registry.get('deployments')}")
+    print(
+        f"[demo] serving:  POST {rest}/v1/models/{MODEL}:predict -> {answer.text.strip()}"
+        f" (expected about {[round(v, 3) for v in golden['labels'][:2]]})"
+    )
+    print(f"[demo] Airflow UI:      {s.airflow_url}/dags/{DAG_ID}  (user {s.airflow_user!r})")
+    print(f"[demo] Model registry:  {s.airflow_url}/registry/  (API docs {s.airflow_url}/registry/docs)")
+    print(f"[demo] TF Serving:      {rest}/v1/models/{MODEL}  (gRPC 127.0.0.1:8500)")
+    print(f"[demo] HDFS:            {s.webhdfs_url}/explorer.html#/models/{MODEL}")
+    print(f"[demo] service logs:    {s.logs_dir}/   stop everything with `make down`")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,356 @@
+"""TFServingHook: one TensorFlow Serving server, over its gRPC (ModelService) and REST (predict, metadata) APIs.
+
+Works against any server with TF Serving's interface (``tensorflow/serving`` in production). gRPC is used
+where only gRPC offers the call (config reload) or gives typed answers (model status); REST where the
+pipeline's smoke tests speak what clients speak (``:predict`` in row format, metadata).
+
+One gRPC channel and one HTTP session per hook, both built on first use. The ``tensorflow_serving.apis``
+stubs import TensorFlow's protos (a few seconds), so they are imported on first gRPC use, not with this
+module: DAG files can import the hook cheaply.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import grpc
+import requests
+from airflow.sdk.bases.hook import BaseHook
+
+from tfdeploy.serving.errors import (
+    ServingReloadError,
+    ServingRequestError,
+    ServingRpcError,
+    ServingUnavailable,
+    VersionNotAvailable,
+    VersionNotUnloaded,
+)
+
+if TYPE_CHECKING:
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+AVAILABLE = "AVAILABLE"
+END = "END"
+
+
+class TFServingHook(BaseHook):
+    """A TF Serving server at ``grpc_target`` (``host:port``, gRPC) and ``rest_url`` (``http://host:port``).
+
+    ``timeout`` (seconds) bounds each gRPC call and HTTP request unless a method says otherwise.
+    """
+
+    hook_name = "TensorFlow Serving"
+
+    def __init__(self, *, grpc_target: str, rest_url: str, timeout: float = 30) -> None:
+        super().__init__()
+        self.grpc_target = grpc_target
+        self.rest_url = rest_url.rstrip("/")
+        self.timeout = timeout
+
+    # ------------------------------------------------------------------ clients, built lazily
+
+    @cached_property
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(
+            self.grpc_target,
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        )
+
+    @cached_property
+    def model_service(self) -> Any:
+        from tensorflow_serving.apis import model_service_pb2_grpc
+
+        return model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    @cached_property
+    def prediction_service(self) -> Any:
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        return prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    @cached_property
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False  # a proxy from the environment must not carry calls to the serving host
+        return session
+
+    def get_conn(self) -> grpc.Channel:
+        return self.channel
+
+    def close(self) -> None:
+        """Close the gRPC channel and the HTTP session if they were opened; the hook can be used again after."""
+        if "channel" in self.__dict__:
+            self.__dict__.pop("channel").close()
+            self.__dict__.pop("model_service", None)
+            self.__dict__.pop("prediction_service", None)
+        if "session" in self.__dict__:
+            self.__dict__.pop("session").close()
+
+    def __enter__(self) -> TFServingHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ gRPC: ModelService
+
+    def reload(self, config: ModelServerConfig, timeout: float | None = None) -> None:
+        """Replace the server's whole config with ``config`` (``HandleReloadConfigRequest``).
+
+        Models left out are unloaded. The call blocks until every NEWLY ADDED model has an AVAILABLE version
+        (or failed); version changes of existing models apply at the server's next file-system poll and are
+        not waited for: follow with :meth:`wait_until_available` / :meth:`wait_until_unloaded`.
+        ``timeout`` defaults to the hook's. Raises :class:`ServingReloadError` with the gRPC code and TF
+        Serving's message (the server's previous config stays in force, except on DEADLINE_EXCEEDED).
+        """
+        from tensorflow_serving.apis import model_management_pb2
+
+        request = model_management_pb2.ReloadConfigRequest()
+        request.config.CopyFrom(config)
+        wait = self.timeout if timeout is None else timeout
+        try:
+            response = self.model_service.HandleReloadConfigRequest(request, timeout=wait)
+        except grpc.RpcError as exc:
+            code, details = _rpc_code(exc), _rpc_details(exc)
+            raise ServingReloadError(
+                f"TF Serving at {self.grpc_target} refused the config reload: {code}: {details}. "
+                + _reload_advice(code, wait),
+                code=code,
+                details=details,
+            ) from exc
+        # TF Serving also reports the outcome in the response body; a non-OK one is a failure too.
+        status = response.status
+        if status.error_code != 0:
+            code = _status_code_name(status.error_code)
+            raise ServingReloadError(
+                f"TF Serving at {self.grpc_target} refused the config reload: {code}: {status.error_message}. "
+                + _reload_advice(code, wait),
+                code=code,
+                details=status.error_message,
+            )
+
+    def model_status(self, model: str) -> dict[int, tuple[str, str]]:
+        """Every version the server has seen of ``model``: version -> (state, load error message).
+
+        States: START, LOADING, AVAILABLE, UNLOADING, END (unloaded, or failed: then the message is the load
+        error). ``{}`` if the server does not know the model. Raises :class:`ServingRpcError` otherwise.
+        """
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model
+        try:
+            response = self.model_service.GetModelStatus(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            code, details = _rpc_code(exc), _rpc_details(exc)
+            if code == "NOT_FOUND":
+                return {}
+            raise ServingRpcError(
+                f"model status of {model!r} from TF Serving at {self.grpc_target} failed: {code}: {details}"
+                + (" (is the server running and its gRPC port published?)" if code == "UNAVAILABLE" else ""),
+                code=code,
+                details=details,
+            ) from exc
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        return {
+            int(entry.version): (state_name(entry.state), entry.status.error_message)
+            for entry in response.model_version_status
+        }
+
+    def wait_until_available(
+        self,
+        model: str,
+        version: int,
+        *,
+        deadline_s: float,
+        poll_interval_s: float = 0.5,
+        end_grace_s: float = 10.0,
+    ) -> None:
+        """Poll model status until ``version`` of ``model`` is AVAILABLE.
+
+        Raises :class:`VersionNotAvailable` when the version reaches END (its load failed or it was unloaded;
+        the message carries the state and load error) or when ``deadline_s`` seconds pass. An END seen from the
+        start may be left over from an earlier load (TF Serving lists every version it ever saw) and is
+        only taken as final once it has lasted ``end_grace_s`` (longer than a file-system poll).
+        """
+        start = time.monotonic()
+        deadline = start + deadline_s
+        last: tuple[str, str] | None = None
+        end_since: float | None = None
+        seen_other = False
+        rpc_error = ""
+        while True:
+            now = time.monotonic()
+            try:
+                last = self.model_status(model).get(version)
+                rpc_error = ""
+            except ServingRpcError as exc:  # a restarting server: keep polling until the deadline
+                rpc_error = str(exc)
+            if last is not None and last[0] == AVAILABLE:
+                return
+            if last is not None and last[0] == END:
+                end_since = now if end_since is None else end_since
+                if seen_other or now - end_since >= end_grace_s:
+                    raise VersionNotAvailable(
+                        f"version {version} of model {model!r} did not become AVAILABLE: it reached END"
+                        + (f" with error: {last[1].rstrip('.')}" if last[1] else " (unloaded, no load error)")
+                        + ". Check that the version directory holds a loadable SavedModel and that the config "
+                        "lists the version; the server keeps serving the model's other versions.",
+                        model=model,
+                        version=version,
+                        state=END,
+                        error_message=last[1],
+                    )
+            elif not rpc_error:
+                seen_other = True
+                end_since = None
+            if now >= deadline:
+                state = last[0] if last else None
+                raise VersionNotAvailable(
+                    f"version {version} of model {model!r} was not AVAILABLE after {deadline_s:g}s: "
+                    + (
+                        f"last state {state}" + (f" ({last[1]})" if last and last[1] else "")
+                        if last
+                        else "the server does not list the version (is it in the config and its directory staged?)"
+                    )
+                    + (f"; last status call failed: {rpc_error}" if rpc_error else "")
+                    + ". Loading large models takes time: raise the deadline, or check the server's logs.",
+                    model=model,
+                    version=version,
+                    state=state,
+                    error_message=last[1] if last else "",
+                )
+            time.sleep(min(poll_interval_s, max(0.0, deadline - time.monotonic())))
+
+    def wait_until_unloaded(self, model: str, version: int, *, deadline_s: float, poll_interval_s: float = 0.5) -> None:
+        """Poll model status until ``version`` of ``model`` is END (or not listed at all).
+
+        Raises :class:`VersionNotUnloaded` when ``deadline_s`` seconds pass first.
+        """
+        deadline = time.monotonic() + deadline_s
+        state: str | None = None
+        while True:
+            try:
+                status = self.model_status(model).get(version)
+            except ServingRpcError:
+                status = (state or "UNKNOWN", "")  # cannot tell: keep polling
+            else:
+                if status is None or status[0] == END:
+                    return
+            state = status[0]
+            if time.monotonic() >= deadline:
+                raise VersionNotUnloaded(
+                    f"version {version} of model {model!r} was still {state} after {deadline_s:g}s; the server "
+                    "unloads versions left out of its config at its next file-system poll: check that the "
+                    "reload dropped the version and that the server is polling (--file_system_poll_wait_seconds)",
+                    model=model,
+                    version=version,
+                    state=state,
+                )
+            time.sleep(min(poll_interval_s, max(0.0, deadline - time.monotonic())))
+
+    # ------------------------------------------------------------------ REST
+
+    def predict(
+        self,
+        model: str,
+        instances: list[Any],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str | None = None,
+    ) -> dict[str, Any]:
+        """POST ``:predict`` in row format (``{"instances": ...}``); returns TF Serving's answer (``predictions``).
+
+        Raises :class:`ServingRequestError` with the HTTP status and TF Serving's ``error`` message.
+        """
+        body: dict[str, Any] = {"instances": instances}
+        if signature_name is not None:
+            body["signature_name"] = signature_name
+        return self._rest("POST", self._model_path(model, version, label) + ":predict", json=body)
+
+    def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        """GET the model's metadata (``model_spec`` and ``metadata.signature_def``)."""
+        return self._rest("GET", self._model_path(model, version, label) + "/metadata")
+
+    def is_ready(self) -> bool:
+        """True when the REST port answers HTTP (TF Serving opens it once every configured model is AVAILABLE)."""
+        try:
+            self.session.get(f"{self.rest_url}/v1/models/tfdeploy-readiness-probe", timeout=min(self.timeout, 5.0))
+        except requests.RequestException:
+            return False
+        return True
+
+    @staticmethod
+    def _model_path(model: str, version: int | None, label: str | None) -> str:
+        if version is not None and label is not None:
+            raise ValueError(f"give a version or a label of model {model!r}, not both ({version=}, {label=})")
+        path = f"/v1/models/{quote(model, safe='')}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        elif label is not None:
+            path += f"/labels/{quote(label, safe='')}"
+        return path
+
+    def _rest(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        url = f"{self.rest_url}{path}"
+        try:
+            resp = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise ServingUnavailable(
+                f"TF Serving REST {method} {url} got no answer: {exc}; is the server running, its REST port "
+                "published, and every configured model AVAILABLE (the port opens only then)?",
+                status_code=None,
+                error=str(exc),
+                method=method,
+                url=url,
+            ) from exc
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if resp.status_code >= 400 or not isinstance(body, dict):
+            error = body.get("error", "") if isinstance(body, dict) else ""
+            error = error or resp.text[:500]
+            raise ServingRequestError(
+                f"TF Serving REST {method} {path} -> {resp.status_code}: {error}",
+                status_code=resp.status_code,
+                error=error,
+                method=method,
+                url=url,
+            )
+        return body
+
+
+def _rpc_code(exc: grpc.RpcError) -> str:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    return code.name if code is not None else "UNKNOWN"
+
+
+def _rpc_details(exc: grpc.RpcError) -> str:
+    return (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+
+
+def _status_code_name(code: int) -> str:
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return str(status.name)
+    return str(code)
+
+
+def _reload_advice(code: str, timeout: float) -> str:
+    return {
+        "INVALID_ARGUMENT": "The config is invalid and nothing changed: fix it (see the message) and reload.",
+        "FAILED_PRECONDITION": (
+            "Nothing changed. A label may only point at a version that is AVAILABLE now: reload with the "
+            "version first, wait until it is AVAILABLE, then reload again with the label."
+        ),
+        "DEADLINE_EXCEEDED": (
+            f"No answer within {timeout:g}s; the server may still be loading newly added models: poll model "
+            "status, or reload with a longer timeout."
+        ),
+        "UNAVAILABLE": "The server did not answer: is it running and its gRPC port published?",
+    }.get(code, "Check the server's logs.")

@@ -1,0 +1,1 @@
+"""One custom operator per deployment step (see dags/model_deploy.py)."""

@@ -1,0 +1,37 @@
+"""The release gate: the run's last word. It fails the run unless the candidate reached production, so
+Airflow's run list tells the truth (a run whose only leaf is a successful rollback would show success)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from tfdeploy.operators.base import DeployStep, upstream_value
+
+
+class ReleaseGateOperator(DeployStep):
+    def __init__(self, *, export_task_id: str = "export", **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.export_task_id = export_task_id
+
+    def execute(self, context: Any) -> dict:
+        model = self.checked_model_name()
+        exported = upstream_value(context, self.export_task_id)
+        if not exported:
+            raise AirflowFailException(f"release of {model} failed before a version was exported")
+        version = int(exported["version"])
+        record = self.registry.get_version(model, version)
+        if record["state"] != "production":
+            why = (
+                "; ".join(record.get("validationReport", {}).get("problems", []))
+                if record["state"] == "rejected"
+                else ""
+            )
+            raise AirflowFailException(
+                f"release did not reach production: {model} v{version} is {record['state']}"
+                + (f" ({why})" if why else "")
+            )
+        self.log.info("%s v%s is in production", model, version)
+        return {"model": model, "version": version, "state": "production"}

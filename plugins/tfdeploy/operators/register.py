@@ -1,0 +1,43 @@
+"""Register: the published version and its lineage go into the registry (idempotent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tfdeploy.operators.base import DeployStep, upstream_value
+
+
+class RegisterModelOperator(DeployStep):
+    """Records the version exported by `export_task_id` as `registered`, with source, HDFS URI, manifest
+    checksum and the run that made it. Registering before validation keeps a rejected version on record."""
+
+    template_fields = (*DeployStep.template_fields, "export_task_id")
+
+    def __init__(self, *, export_task_id: str = "export", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.export_task_id = export_task_id
+
+    def execute(self, context: Any) -> dict:
+        model = self.checked_model_name()
+        exported = upstream_value(context, self.export_task_id)
+        if not exported:
+            raise RuntimeError(f"no export result from task {self.export_task_id!r}: run the export step first")
+        lineage = self.lineage(context)
+        out = self.registry.register_version(
+            model,
+            version=exported["version"],
+            hdfsUri=exported["uri"],
+            manifestSha256=exported["manifest_sha256"],
+            source=exported.get("source", ""),
+            reason=f"exported by {lineage['dagId']}/{lineage['runId']}",
+            context=lineage,
+        )
+        self.log.info(
+            "Registered %s version %s (%s) from %s as %s",
+            model,
+            out["version"],
+            out["hdfsUri"],
+            out["source"],
+            out["state"],
+        )
+        return {"model": model, "version": out["version"], "state": out["state"]}

@@ -1,0 +1,211 @@
+"""model_deploy end to end, through the real scheduler (triggered over the REST API), real HDFS, the
+registry served by Airflow, and a real serving container on the Docker engine.
+
+One model name per module; the runs build on each other in order: first deploy, second deploy,
+rejected deploy, rolled-back deploy, safe reruns, serialized runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[3]
+DAG = "model_deploy"
+REST = "http://127.0.0.1:8501"
+VARIANTS = ("good", "better", "nosig", "noisy")
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("examples")
+    procs = {
+        v: subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "include" / "example_model" / "build.py"),
+                "--out",
+                str(out / v),
+                "--variant",
+                v,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for v in VARIANTS
+    }
+    for proc in procs.values():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    return {v: out / v for v in VARIANTS}
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    return f"e2e_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def registry(settings, airflow):
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {airflow.token()}"
+    base = f"{settings.airflow_url}/registry/v1"
+
+    def get(path: str, **params):
+        resp = session.get(f"{base}{path}", params=params, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def deploy(airflow, model):
+    airflow.wait_for_dag(DAG)
+    airflow.unpause(DAG)
+
+    def run(example: Path, **conf) -> tuple[dict, dict[str, str]]:
+        body = {
+            "model_name": model,
+            "source": str(example / "saved_model"),
+            "golden_path": str(example / "golden.json"),
+        }
+        triggered = airflow.trigger(DAG, conf={**body, **conf})
+        final = airflow.wait_for_run(DAG, triggered["dag_run_id"], timeout=600)
+        states = {ti["task_id"]: ti["state"] for ti in airflow.task_instances(DAG, triggered["dag_run_id"])}
+        return final, states
+
+    return run
+
+
+def versions_state(registry, model: str) -> dict[int, str]:
+    return {v["version"]: v["state"] for v in registry(f"/models/{model}/versions")["versions"]}
+
+
+def served(model: str) -> dict[int, str]:
+    body = requests.get(f"{REST}/v1/models/{model}", timeout=10).json()
+    return {int(v["version"]): v["state"] for v in body.get("model_version_status", [])}
+
+
+def predict(model: str, example: Path, where: str = "") -> list:
+    golden = json.loads((example / "golden.json").read_text())
+    resp = requests.post(
+        f"{REST}/v1/models/{model}{where}:predict", json={"instances": golden["inputs"][:3]}, timeout=10
+    )
+    resp.raise_for_status()
+    return [row[0] for row in resp.json()["predictions"]]
+
+
+def expected(example: Path) -> list[float]:
+    return json.loads((example / "golden.json").read_text())["labels"][:3]
+
+
+def container_id() -> str:
+    return docker.from_env().containers.get("tfserving-local").id
+
+
+def test_first_deploy(deploy, registry, model, examples):
+    final, states = deploy(examples["good"])
+    assert final["state"] == "success", states
+    assert states["rollback"] == "skipped" and states["release_gate"] == "success"
+    assert versions_state(registry, model) == {1: "production"}
+    detail = registry(f"/models/{model}")
+    assert detail["version"] == 1 and detail["lock"] is None
+    assert {(d["label"], d["version"]) for d in detail["deployments"]} == {("stable", 1)}
+    assert predict(model, examples["good"]) == pytest.approx(expected(examples["good"]), abs=0.05)
+    history = registry(f"/models/{model}/history", kind="transition")["events"]
+    assert [e["toState"] for e in reversed(history)] == ["validated", "canary", "production"]
+    assert all(e["interface"] == "rest_api" and e["dagId"] == DAG for e in history)
+
+
+def test_second_deploy_promotes_and_keeps_the_first_loaded(deploy, registry, model, examples):
+    before = container_id()
+    final, states = deploy(examples["better"])
+    assert final["state"] == "success", states
+    assert versions_state(registry, model) == {2: "production", 1: "superseded"}
+    assert served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}  # previous stable kept for a fast rollback
+    assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
+    assert container_id() == before  # changed by a gRPC reload: no restart, no downtime
+
+
+def test_a_model_missing_its_signature_is_rejected_and_production_untouched(deploy, registry, model, examples):
+    final, states = deploy(examples["nosig"])
+    assert final["state"] == "failed", states
+    assert states["validate"] == "failed" and states["rollout"] in ("upstream_failed", "skipped")
+    assert states["release_gate"] == "failed"
+    version = max(versions_state(registry, model))
+    record = registry(f"/models/{model}/versions/{version}")
+    assert record["state"] == "rejected"
+    assert any("serving_default" in p for p in record["validationReport"]["problems"])
+    assert registry(f"/models/{model}")["version"] == 2
+    assert served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}
+
+
+def test_a_model_that_answers_wrongly_fails_smoke_and_is_rolled_back(deploy, registry, model, examples, settings):
+    alerts = settings.state_dir / "alerts.log"
+    before = alerts.read_text() if alerts.exists() else ""
+    final, states = deploy(examples["noisy"], threshold=None, max_regression=None)
+    assert final["state"] == "failed", states
+    assert states["smoke"] == "failed" and states["rollback"] == "success" and states["release_gate"] == "failed"
+    version = max(versions_state(registry, model))
+    assert registry(f"/models/{model}/versions/{version}")["state"] == "rolled_back"
+    assert registry(f"/models/{model}")["version"] == 2
+    assert version not in served(model) or served(model)[version] == "END"
+    assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
+    events = registry(f"/models/{model}/history", kind="transition")["events"]
+    rolled = next(e for e in events if e["toState"] == "rolled_back")
+    assert rolled["version"] == version and rolled["reason"].startswith("smoke failed")
+    assert model in alerts.read_text()[len(before) :]
+
+
+def test_a_rerun_is_safe(deploy, airflow, registry, model, examples):
+    # deploying content that is already in production again: same version found, nothing changes
+    final, states = deploy(examples["better"])
+    assert final["state"] == "success", states
+    assert states["rollout"] == "skipped"
+    assert registry(f"/models/{model}")["version"] == 2
+    # clearing a finished run's tasks (a rerun from the UI) is safe too
+    run_id = airflow.request("GET", f"/api/v2/dags/{DAG}/dagRuns", params={"order_by": "-start_date", "limit": 1})[
+        "dag_runs"
+    ][0]["dag_run_id"]
+    airflow.request(
+        "POST",
+        f"/api/v2/dags/{DAG}/clearTaskInstances",
+        json={
+            "dag_run_id": run_id,
+            "task_ids": ["export"],
+            "include_downstream": True,
+            "only_failed": False,
+            "dry_run": False,
+            "reset_dag_runs": True,
+        },
+    )
+    final = airflow.wait_for_run(DAG, run_id, timeout=600)
+    assert final["state"] == "success"
+    assert versions_state(registry, model)[2] == "production"
+    assert served(model)[2] == "AVAILABLE"
+
+
+def test_two_runs_for_one_model_are_serialized(deploy, registry, model, examples):
+    results: list = []
+    runs = ((examples["good"], 10), (examples["better"], 11))
+    threads = [threading.Thread(target=lambda ex=ex, v=v: results.append(deploy(ex, version=v))) for ex, v in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(final["state"] == "success" for final, _ in results), results
+    locks = [e for e in reversed(registry(f"/models/{model}/history", kind="lock", limit=20)["events"])]
+    recent = locks[-4:]
+    assert [e["reason"].split(" ")[0] for e in recent] == ["acquired", "released", "acquired", "released"]
+    assert recent[0]["details"]["holder"] == recent[1]["details"]["holder"]
+    assert recent[2]["details"]["holder"] == recent[3]["details"]["holder"] != recent[0]["details"]["holder"]
+    assert registry(f"/models/{model}")["version"] in (10, 11)
