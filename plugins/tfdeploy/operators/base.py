@@ -18,8 +18,16 @@ class DeployStep(BaseOperator):
     template_fields: tuple[str, ...] = ("model_name",)
     ui_color = "#e8f0fe"
 
-    def __init__(self, *, model_name: str, registry_conn_id: str = RegistryHook.default_conn_name, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        registry_conn_id: str = RegistryHook.default_conn_name,
+        export_task_id: str = "export",
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
+        self.export_task_id = export_task_id
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"{self.task_id}: model_name is required")
         if "{{" not in model_name:
@@ -33,6 +41,10 @@ class DeployStep(BaseOperator):
 
     def lineage(self, context: Any) -> dict[str, str]:
         return run_context(context)
+
+    def exported(self, context: Any) -> dict | None:
+        """The export step's result (model, version, uri, manifest_sha256, ...), or None if it did not run."""
+        return upstream_value(context, self.export_task_id)
 
     def checked_model_name(self) -> str:
         """After templating: the rendered name must still be safe (TF Serving name, path segment)."""

@@ -7,18 +7,17 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from tfdeploy.operators.base import DeployStep, upstream_value
+from tfdeploy.operators.base import DeployStep
 
 
 class ReleaseGateOperator(DeployStep):
-    def __init__(self, *, export_task_id: str = "export", **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)
-        self.export_task_id = export_task_id
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
-        exported = upstream_value(context, self.export_task_id)
+        exported = self.exported(context)
         if not exported:
             raise AirflowFailException(f"release of {model} failed before a version was exported")
         version = int(exported["version"])

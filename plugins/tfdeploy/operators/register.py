@@ -4,22 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfdeploy.operators.base import DeployStep, upstream_value
+from tfdeploy.operators.base import DeployStep
 
 
 class RegisterModelOperator(DeployStep):
     """Records the version exported by `export_task_id` as `registered`, with source, HDFS URI, manifest
     checksum and the run that made it. Registering before validation keeps a rejected version on record."""
 
-    template_fields = (*DeployStep.template_fields, "export_task_id")
-
-    def __init__(self, *, export_task_id: str = "export", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.export_task_id = export_task_id
-
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
-        exported = upstream_value(context, self.export_task_id)
+        exported = self.exported(context)
         if not exported:
             raise RuntimeError(f"no export result from task {self.export_task_id!r}: run the export step first")
         lineage = self.lineage(context)

@@ -27,7 +27,7 @@ class RollbackOperator(ServingStep):
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
-        exported = upstream_value(context, self.export_task_id)
+        exported = self.exported(context)
         if not exported:
             raise AirflowSkipException("nothing was exported, so nothing reached serving: no rollback needed")
         version = int(exported["version"])

@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowSkipException
 
 from tfdeploy.hooks.model_store import ModelStoreHook
-from tfdeploy.operators.base import DeployStep, upstream_value
+from tfdeploy.operators.base import DeployStep
 from tfdeploy.serving.models_config import ServedModel
 from tfdeploy.serving.target_config import TargetConfig, with_entry
 from tfdeploy.serving.targets import get_target
@@ -25,7 +25,6 @@ class ServingStep(DeployStep):
         *,
         serving_target: str = "local",
         serving_image: str | None = None,
-        export_task_id: str = "export",
         rollout_task_id: str = "rollout",
         available_timeout_s: float = 300,
         **kwargs: Any,
@@ -33,7 +32,6 @@ class ServingStep(DeployStep):
         super().__init__(**kwargs)
         self.serving_target = serving_target
         self.serving_image = serving_image
-        self.export_task_id = export_task_id
         self.rollout_task_id = rollout_task_id
         self.available_timeout_s = available_timeout_s
 
@@ -41,7 +39,10 @@ class ServingStep(DeployStep):
         return TargetConfig(get_target(self.serving_target, self.serving_image or None))
 
     def candidate(self, context: Any) -> int:
-        return int(upstream_value(context, self.export_task_id)["version"])
+        exported = self.exported(context)
+        if not exported:
+            raise RuntimeError(f"no export result from task {self.export_task_id!r}: nothing to serve")
+        return int(exported["version"])
 
 
 class RolloutOperator(ServingStep):

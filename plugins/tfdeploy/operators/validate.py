@@ -11,7 +11,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from tfdeploy.hooks.model_store import ModelStoreHook
-from tfdeploy.operators.base import DeployStep, upstream_value
+from tfdeploy.operators.base import DeployStep
 from tfdeploy.validation.golden import METRICS, judge, load_golden, metric_value
 
 
@@ -39,7 +39,6 @@ class ValidateModelOperator(DeployStep):
         threshold: float | str | None = None,
         max_regression: float | str | None = None,
         latency_budget_ms: float | str | None = None,
-        export_task_id: str = "export",
         webhdfs_conn_id: str = "webhdfs_default",
         **kwargs: Any,
     ) -> None:
@@ -54,12 +53,13 @@ class ValidateModelOperator(DeployStep):
         self.threshold = threshold
         self.max_regression = max_regression
         self.latency_budget_ms = latency_budget_ms
-        self.export_task_id = export_task_id
         self.webhdfs_conn_id = webhdfs_conn_id
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
-        version = int(upstream_value(context, self.export_task_id)["version"])
+        exported = self.exported(context)
+        assert exported is not None, "the export step left no result"
+        version = int(exported["version"])
         current = self.registry.get_version(model, version)
         if current["state"] not in ("registered",):
             # a rerun after the verdict: the registry already holds it
