@@ -23,7 +23,7 @@ def serialized_examples(inp: Any) -> list[bytes]:
     return examples
 
 
-def _model_spec(servable: Servable, request_spec: Any, response_spec: Any, signature_name: str) -> None:
+def _model_spec(servable: Servable, response_spec: Any, signature_name: str) -> None:
     response_spec.name = servable.name
     response_spec.version.value = servable.version
     response_spec.signature_name = signature_name
@@ -40,7 +40,7 @@ def run_predict(servable: Servable, request: Any) -> Any:
         raise InvalidArgument(f"Could not parse input tensor: {exc}") from exc
     outputs = servable.run(sig, feeds, list(request.output_filter))
     response = predict_pb2.PredictResponse()
-    _model_spec(servable, request.model_spec, response.model_spec, sig.name)
+    _model_spec(servable, response.model_spec, sig.name)
     for alias, value in outputs.items():
         response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
     return response
@@ -52,7 +52,7 @@ def run_classify(servable: Servable, request: Any) -> Any:
     name = request.model_spec.signature_name or "serving_default"
     response = classification_pb2.ClassificationResponse()
     response.result.CopyFrom(servable.classify(name, serialized_examples(request.input)))
-    _model_spec(servable, request.model_spec, response.model_spec, name)
+    _model_spec(servable, response.model_spec, name)
     return response
 
 
@@ -62,5 +62,5 @@ def run_regress(servable: Servable, request: Any) -> Any:
     name = request.model_spec.signature_name or "serving_default"
     response = regression_pb2.RegressionResponse()
     response.result.CopyFrom(servable.regress(name, serialized_examples(request.input)))
-    _model_spec(servable, request.model_spec, response.model_spec, name)
+    _model_spec(servable, response.model_spec, name)
     return response

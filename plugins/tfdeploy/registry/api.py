@@ -98,6 +98,38 @@ class RenewIn(_Body):
     ttl_seconds: float = 900
 
 
+class HistoryQuery:
+    """History filters shared by the per-model and the global history endpoints."""
+
+    def __init__(
+        self,
+        since: str | None = None,
+        until: str | None = None,
+        actor: str | None = None,
+        kind: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> None:
+        self.since, self.until, self.actor, self.kind, self.limit, self.offset = (
+            since,
+            until,
+            actor,
+            kind,
+            limit,
+            offset,
+        )
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "actor": self.actor,
+            "kind": self.kind,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
+
+
 class _State:
     """The service, created and migrated on first use (mounted apps get no lifespan events)."""
 
@@ -231,35 +263,13 @@ def create_app(config: RegistryConfig | None = None) -> FastAPI:
         )
 
     @v1.get("/models/{name}/history", summary="A model's history, newest first")
-    def model_history(
-        name: str,
-        service: Svc,
-        _: Reader,
-        since: str | None = None,
-        until: str | None = None,
-        actor: str | None = None,
-        kind: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> dict:
+    def model_history(name: str, service: Svc, _: Reader, q: Annotated[HistoryQuery, Depends()]) -> dict:
         service.get_model(name)  # 404 for an unknown model
-        return service.history(model=name, since=since, until=until, actor=actor, kind=kind, limit=limit, offset=offset)
+        return service.history(model=name, **q.filters())
 
     @v1.get("/history", summary="History across models, filtered by model, time range and actor")
-    def history(
-        service: Svc,
-        _: Reader,
-        model: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        actor: str | None = None,
-        kind: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> dict:
-        return service.history(
-            model=model, since=since, until=until, actor=actor, kind=kind, limit=limit, offset=offset
-        )
+    def history(service: Svc, _: Reader, q: Annotated[HistoryQuery, Depends()], model: str | None = None) -> dict:
+        return service.history(model=model, **q.filters())
 
     @v1.get("/models/{name}/production", summary="Which version was in production at a time, and who put it there")
     def production_at(name: str, at: str, service: Svc, _: Reader) -> dict:
