@@ -264,7 +264,6 @@ def create_app(config: RegistryConfig | None = None) -> FastAPI:
 
     @v1.get("/models/{name}/history", summary="A model's history, newest first")
     def model_history(name: str, service: Svc, _: Reader, q: Annotated[HistoryQuery, Depends()]) -> dict:
-        service.get_model(name)  # 404 for an unknown model
         return service.history(model=name, **q.filters())
 
     @v1.get("/history", summary="History across models, filtered by model, time range and actor")

@@ -196,15 +196,30 @@ class RegistryService:
             return model_summary(self._ensure_model(session, name, ctx, description))
 
     def list_models(self, *, limit: int = 1000, offset: int = 0, q: str = "") -> dict[str, Any]:
+        """The query API's list. Plain rows, not ORM objects: with thousands of models the object churn
+        (and the garbage collections it triggers) dominated the tail latency."""
+        m = db.Model
+        columns = (m.name, m.production_version, m.canary_version, m.latest_version, m.health_status, m.updated_at)
+        query = select(*columns).order_by(m.name)
+        count = select(func.count()).select_from(m)
+        if q:
+            query = query.where(m.name.contains(q, autoescape=True))
+            count = count.where(m.name.contains(q, autoescape=True))
         with self._sessions() as session:
-            query = select(db.Model).order_by(db.Model.name)
-            count = select(func.count()).select_from(db.Model)
-            if q:
-                query = query.where(db.Model.name.contains(q, autoescape=True))
-                count = count.where(db.Model.name.contains(q, autoescape=True))
-            rows = session.scalars(query.limit(limit).offset(offset)).all()
+            rows = session.execute(query.limit(limit).offset(offset)).all()
             total = session.scalar(count)
-            return {"models": [model_summary(m) for m in rows], "total": total, "limit": limit, "offset": offset}
+        models = [
+            {
+                "modelName": name,
+                "version": prod,
+                "canaryVersion": canary,
+                "latestVersion": latest,
+                "health": health,
+                "updatedAt": iso(updated),
+            }
+            for name, prod, canary, latest, health, updated in rows
+        ]
+        return {"models": models, "total": total, "limit": limit, "offset": offset}
 
     def get_model(self, name: str) -> dict[str, Any]:
         with self._sessions() as session:
@@ -572,6 +587,8 @@ class RegistryService:
         if kind:
             query = query.where(db.HistoryEvent.kind == kind)
         with self._sessions() as session:
+            if model:
+                self._model(session, model)  # an unknown model is a 404, not an empty history
             rows = session.scalars(
                 query.order_by(db.HistoryEvent.at.desc(), db.HistoryEvent.id.desc()).limit(limit).offset(offset)
             ).all()

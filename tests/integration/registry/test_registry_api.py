@@ -156,6 +156,7 @@ def test_version_detail_filters_and_pagination(client):
 def test_errors_are_json_with_a_message(client):
     resp = client.get("/v1/models/no-such-model", headers=AUTH)
     assert resp.status_code == 404 and resp.json()["error"] == "NotFound" and "no-such-model" in resp.json()["message"]
+    assert client.get("/v1/models/no-such-model/history", headers=AUTH).status_code == 404
     resp = client.post("/v1/models/bad name/versions", json={}, headers=AUTH)
     assert resp.status_code == 422 and "invalid model name" in resp.json()["message"]
     resp = client.post("/v1/models/a..b/versions", json={}, headers=AUTH)
