@@ -29,7 +29,7 @@ MODEL = "demo_regressor"
 def build(variant: str, out: Path) -> Path:
     if not (out / "saved_model" / "saved_model.pb").exists():
         print(f"[demo] building the example model ({variant}) into {out}")
-        subprocess.run(
+        done = subprocess.run(
             [
                 sys.executable,
                 str(ROOT / "include" / "example_model" / "build.py"),
@@ -38,9 +38,11 @@ def build(variant: str, out: Path) -> Path:
                 "--variant",
                 variant,
             ],
-            check=True,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:  # TensorFlow's start-up chatter only when it matters
+            raise SystemExit(f"[demo] building the example model failed:\n{done.stderr[-3000:]}")
     return out
 
 
