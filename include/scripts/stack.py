@@ -390,6 +390,28 @@ def up_docker(s: Settings) -> None:
     _wait("dockerd", lambda: _docker_ping(s), 60, _log_file(s, "dockerd"), pid)
 
 
+def stop_serving_containers(s: Settings) -> list[str]:
+    """Remove the TF Serving containers the pipeline started for this checkout (labelled with a model root
+    under our state directory); containers of other checkouts and anything else are left alone."""
+    try:
+        import docker
+
+        client = docker.DockerClient(base_url=s.docker_host, timeout=10)
+        client.ping()
+    except Exception:  # noqa: BLE001 - no engine, no containers
+        return []
+    removed = []
+    try:
+        for container in client.containers.list(all=True, filters={"label": "tfdeploy.serving.managed=true"}):
+            root = container.labels.get("tfdeploy.serving.model-root", "")
+            if root.startswith(str(s.state_dir) + os.sep):
+                container.remove(force=True)
+                removed.append(container.name)
+    finally:
+        client.close()
+    return removed
+
+
 def status_docker(s: Settings) -> str:
     try:
         _docker_ping(s)
@@ -729,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "down":
         for name in reversed(names):
+            if name == "docker":
+                for container in stop_serving_containers(s):
+                    print(f"[stack] removed serving container {container}")
             for proc in SERVICES[name][2]:
                 if stop_service(s, proc):
                     print(f"[stack] stopped {proc}")
