@@ -130,7 +130,11 @@ def start_server(
             environment=env or {},
         )
     if wait:
-        wait_ready(server)
+        try:
+            wait_ready(server)
+        except BaseException:
+            server.stop()  # a server that never got ready is not left running
+            raise
     return server
 
 
