@@ -209,3 +209,25 @@ def test_two_runs_for_one_model_are_serialized(deploy, registry, model, examples
     assert recent[0]["details"]["holder"] == recent[1]["details"]["holder"]
     assert recent[2]["details"]["holder"] == recent[3]["details"]["holder"] != recent[0]["details"]["holder"]
     assert registry(f"/models/{model}")["version"] in (10, 11)
+
+
+def test_manual_rollback_to_an_earlier_version(airflow, registry, model, examples):
+    current = registry(f"/models/{model}")["version"]
+    airflow.wait_for_dag("model_rollback")
+    airflow.unpause("model_rollback")
+    run = airflow.trigger("model_rollback", conf={"model_name": model, "version": 2, "reason": "p99 regression"})
+    final = airflow.wait_for_run("model_rollback", run["dag_run_id"], timeout=600)
+    states = {ti["task_id"]: ti["state"] for ti in airflow.task_instances("model_rollback", run["dag_run_id"])}
+    assert final["state"] == "success", states
+    assert registry(f"/models/{model}")["version"] == 2
+    assert versions_state(registry, model)[current] == "rolled_back"
+    assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
+    assert served(model)[current] == "AVAILABLE"  # still loaded: rolling forward again is a label change
+    event = registry(f"/models/{model}/history", kind="transition", limit=1)["events"][0]
+    assert (event["version"], event["toState"]) == (2, "production")
+    assert event["reason"] == "manual rollback to v2: p99 regression" and event["dagId"] == "model_rollback"
+    # a version that never was in production cannot be "rolled back to"
+    rejected = next(v for v, s in versions_state(registry, model).items() if s == "rejected")
+    run = airflow.trigger("model_rollback", conf={"model_name": model, "version": rejected, "reason": "try"})
+    assert airflow.wait_for_run("model_rollback", run["dag_run_id"], timeout=600)["state"] == "failed"
+    assert registry(f"/models/{model}")["version"] == 2

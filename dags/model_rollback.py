@@ -1,0 +1,48 @@
+"""model_rollback: put an earlier version of a model back into production by hand (from the UI's trigger
+form or the REST API), with a reason that goes into the registry's history.
+
+acquire_lock -> rollback_to -> release_lock; the run fails unless the requested version is in production.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param
+
+from tfdeploy.operators.gate import ReleaseGateOperator
+from tfdeploy.operators.lock import DeploymentLockSensor, ReleaseLockOperator
+from tfdeploy.operators.manual_rollback import ManualRollbackOperator
+
+MODEL = "{{ params.model_name }}"
+
+with DAG(
+    dag_id="model_rollback",
+    description="Serve an earlier (superseded) version of a model as stable again, with a recorded reason",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["tfdeploy", "operations"],
+    doc_md=__doc__,
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=10)},
+    render_template_as_native_obj=True,
+    params={
+        "model_name": Param("demo_regressor", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+        "version": Param(1, type="integer", minimum=1, description="the earlier version to serve again"),
+        "reason": Param("", type="string", minLength=3, description="why (recorded in the registry)"),
+        "serving_target": Param("local", enum=["local"]),
+        "serving_image": Param("", type="string", description="empty: SERVING_IMAGE"),
+    },
+) as dag:
+    lock = DeploymentLockSensor(task_id="acquire_lock", model_name=MODEL)
+    rollback = ManualRollbackOperator(
+        task_id="rollback_to",
+        model_name=MODEL,
+        version="{{ params.version }}",
+        reason="{{ params.reason }}",
+        serving_target="{{ params.serving_target }}",
+        serving_image="{{ params.serving_image }}",
+    )
+    verify = ReleaseGateOperator(task_id="verify", model_name=MODEL, export_task_id="rollback_to")
+    release = ReleaseLockOperator(task_id="release_lock", model_name=MODEL)
+    lock >> rollback >> [verify, release]
