@@ -3,9 +3,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 STACK := $(PY) include/scripts/stack.py
+# Two stacks per checkout (plugins/tfdeploy/settings.py): the developer's (`make up`, `make demo`) and the
+# test suite's own (`make test`: state in .state-test/, every port + 10000), so tests never touch yours.
+DEV := TFDEPLOY_STACK=dev
+TEST := TFDEPLOY_STACK=test
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status demo test test-unit test-integration lint images serving-image
+.PHONY: help setup up down status test-status demo test test-unit test-integration lint images serving-image
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -13,26 +17,37 @@ help:  ## list the targets
 setup:  ## install everything (Debian packages, venv, Hadoop jars, Docker engine, images); fast when done
 	@./include/scripts/setup.sh
 
-up: setup  ## start HDFS, the Docker engine and Airflow on 127.0.0.1, waiting until each is ready
-	@$(STACK) up
+up: setup  ## start HDFS, the Docker engine and Airflow on 127.0.0.1 (your stack), waiting until each is ready
+	@$(DEV) $(STACK) up
 
-down:  ## stop every service this project started, by PID
-	@if [ -x $(PY) ]; then $(STACK) down; else python3 include/scripts/stack.py down; fi
+down:  ## stop every service this checkout started (your stack and the test stack), by PID
+	@py=$(PY); [ -x $$py ] || py=python3; \
+	 $(DEV) $$py include/scripts/stack.py down; dev=$$?; \
+	 $(TEST) $$py include/scripts/stack.py down; test=$$?; \
+	 exit $$(( dev || test ))
 
-status:  ## show each service's health and PIDs
-	@$(STACK) status
+status:  ## show each service's health and PIDs (your stack)
+	@$(DEV) $(STACK) status
+
+test-status:  ## the same for the test stack that `make test` started
+	@$(TEST) $(STACK) status
 
 demo: up  ## bring the stack up and run the main job end to end, then print where to look
-	@$(PY) include/scripts/demo.py
+	@$(DEV) $(PY) include/scripts/demo.py
 
-test: up  ## run the whole test suite against the real stack
-	@$(PY) -m pytest $(PYTEST_ARGS)
+test: setup  ## start the test stack (its own state and ports) and run the whole test suite against it
+	@$(TEST) $(STACK) up
+	@$(TEST) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-integration: setup  ## only the tests against the real (test) stack
+	@$(TEST) $(STACK) up
+	@$(TEST) $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test-unit: setup  ## fast tests, no services
-	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	@$(TEST) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-lint:  ## ruff and mypy
-	@$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
+lint:  ## ruff, mypy and the import contracts (import-linter)
+	@$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy && PYTHONPATH=plugins:include .venv/bin/lint-imports
 
 images: setup  ## (re)build the locally built Docker images
 	@./include/scripts/build_images.sh

@@ -30,7 +30,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
-MODEL = ROOT.parent / "shared" / "tfserving-testdata" / "saved_model_half_plus_two_cpu"
+MODEL = ROOT / "tests" / "data" / "tfserving-testdata" / "saved_model_half_plus_two_cpu"
 RESULTS = ROOT / "bench" / "results"
 BODY = json.dumps({"instances": [[1.0], [2.0], [5.0]]})
 X = np.array([[1.0], [2.0], [5.0]], dtype=np.float32)

@@ -16,6 +16,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
+from tfdeploy.core.names import MODEL_NAME_PATTERN
 from tfdeploy.operators.export import ExportModelOperator
 from tfdeploy.operators.gate import ReleaseGateOperator
 from tfdeploy.operators.lock import DeploymentLockSensor, ReleaseLockOperator
@@ -54,7 +55,7 @@ with DAG(
         "model_name": Param(
             "demo_regressor",
             type="string",
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+            pattern=MODEL_NAME_PATTERN,
             description="TF Serving model name (letters, digits, _ - .)",
         ),
         "source": Param(

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
+from tfdeploy.core.names import MODEL_NAME_PATTERN
 from tfdeploy.operators.gate import ReleaseGateOperator
 from tfdeploy.operators.lock import DeploymentLockSensor, ReleaseLockOperator
 from tfdeploy.operators.manual_rollback import ManualRollbackOperator
@@ -27,7 +28,7 @@ with DAG(
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=10)},
     render_template_as_native_obj=True,
     params={
-        "model_name": Param("demo_regressor", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+        "model_name": Param("demo_regressor", type="string", pattern=MODEL_NAME_PATTERN),
         "version": Param(1, type="integer", minimum=1, description="the earlier version to serve again"),
         "reason": Param("", type="string", minLength=3, description="why (recorded in the registry)"),
         "serving_target": Param("local", enum=["local"]),

@@ -4,6 +4,10 @@ real scheduler, HDFS and a serving container, and prints where to look.
 1. builds the example Keras model twice (include/example_model/build.py: `good`, then `better`);
 2. triggers `model_deploy` over Airflow's REST API for each and waits for the runs;
 3. asks the serving container for a prediction and the registry for the model's state.
+
+Run again on the same stack, it succeeds again: the model is already in production, so it releases `better`
+once more, which the pipeline decides is a no-op (same content, already in production); `good` is not sent
+again, since its version was superseded and the pipeline refuses to re-release it (model_rollback does that).
 """
 
 from __future__ import annotations
@@ -58,6 +62,16 @@ def deploy(client: AirflowClient, example: Path, label: str) -> dict:
     return final
 
 
+def production_version(s, token: str) -> int | None:
+    resp = requests.get(
+        f"{s.airflow_url}/registry/v1/models/{MODEL}", timeout=10, headers={"Authorization": f"Bearer {token}"}
+    )
+    if resp.status_code == 404:
+        return None
+    resp.raise_for_status()
+    return resp.json().get("version")
+
+
 def main() -> int:
     s = get_settings()
     client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password)
@@ -65,14 +79,22 @@ def main() -> int:
     second = build("better", s.state_dir / "example" / "better")
     client.wait_for_dag(DAG_ID)
     client.unpause(DAG_ID)
-    ok = deploy(client, first, "first version")["state"] == "success"
-    ok = deploy(client, second, "second version")["state"] == "success" and ok
     token = client.token()
+    ok = True
+    if (before := production_version(s, token)) is None:
+        ok = deploy(client, first, "first version")["state"] == "success"
+    else:
+        print(
+            f"[demo] {MODEL} already serves v{before} (an earlier `make demo`): releasing `better` again, which the "
+            "pipeline finds is a no-op or resumes it; `good` is not re-released (its version was superseded: use "
+            "the model_rollback DAG to serve it again)"
+        )
+    ok = deploy(client, second, "second version")["state"] == "success" and ok
     registry = requests.get(
         f"{s.airflow_url}/registry/v1/models/{MODEL}", timeout=10, headers={"Authorization": f"Bearer {token}"}
     ).json()
     golden = json.loads((second / "golden.json").read_text())
-    rest = "http://127.0.0.1:8501"
+    rest = f"http://127.0.0.1:{s.serving_rest_port}"
     answer = requests.post(f"{rest}/v1/models/{MODEL}:predict", json={"instances": golden["inputs"][:2]}, timeout=10)
     print(f"[demo] registry: {MODEL} production v{registry.get('version')}, deployments {registry.get('deployments')}")
     print(
@@ -81,7 +103,7 @@ def main() -> int:
     )
     print(f"[demo] Airflow UI:      {s.airflow_url}/dags/{DAG_ID}  (user {s.airflow_user!r})")
     print(f"[demo] Model registry:  {s.airflow_url}/registry/  (API docs {s.airflow_url}/registry/docs)")
-    print(f"[demo] TF Serving:      {rest}/v1/models/{MODEL}  (gRPC 127.0.0.1:8500)")
+    print(f"[demo] TF Serving:      {rest}/v1/models/{MODEL}  (gRPC 127.0.0.1:{s.serving_grpc_port})")
     print(f"[demo] HDFS:            {s.webhdfs_url}/explorer.html#/models/{MODEL}")
     print(f"[demo] service logs:    {s.logs_dir}/   stop everything with `make down`")
     return 0 if ok else 1

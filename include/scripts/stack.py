@@ -28,7 +28,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
 
-from tfdeploy.settings import PROJECT_ROOT, REGISTRY_DB, REGISTRY_TEST_DB, Settings, get_settings  # noqa: E402
+from tfdeploy.settings import (  # noqa: E402
+    PROJECT_ROOT,
+    REGISTRY_DB,
+    REGISTRY_TEST_DB,
+    STACK_PROFILES,
+    Settings,
+    get_settings,
+    settings_for,
+    shared_between,
+)
 
 JAVA_OPENS = [
     "--add-opens=java.base/java.lang=ALL-UNNAMED",
@@ -235,9 +244,9 @@ def write_hadoop_conf(s: Settings) -> Path:
                 "dfs.namenode.datanode.registration.ip-hostname-check": "false",
                 "dfs.webhdfs.enabled": "true",
                 "dfs.datanode.hostname": "127.0.0.1",
-                "dfs.datanode.address": "127.0.0.1:9866",
-                "dfs.datanode.http.address": "127.0.0.1:9864",
-                "dfs.datanode.ipc.address": "127.0.0.1:9867",
+                "dfs.datanode.address": f"127.0.0.1:{s.datanode_port}",
+                "dfs.datanode.http.address": f"127.0.0.1:{s.datanode_http_port}",
+                "dfs.datanode.ipc.address": f"127.0.0.1:{s.datanode_ipc_port}",
                 "dfs.heartbeat.interval": "1",
                 "dfs.namenode.heartbeat.recheck-interval": "10000",
             }
@@ -335,7 +344,8 @@ def up_hdfs(s: Settings) -> None:
     _wait("HDFS NameNode", lambda: bool(_namenode_state(s)), 90, _log_file(s, "hdfs-namenode"), nn_pid)
     dn_pid = running_pid(s, "hdfs-datanode")
     if dn_pid is None:
-        _require_free(s, "the DataNode", 9866)
+        for port in (s.datanode_port, s.datanode_http_port, s.datanode_ipc_port):
+            _require_free(s, "the DataNode", port)
         dn_pid = _spawn(s, "hdfs-datanode", _java_cmd(s, conf, "org.apache.hadoop.hdfs.server.datanode.DataNode"), env)
 
     def ready() -> bool:
@@ -390,9 +400,20 @@ def up_docker(s: Settings) -> None:
     _wait("dockerd", lambda: _docker_ping(s), 60, _log_file(s, "dockerd"), pid)
 
 
+def owns_model_root(s: Settings, root: str) -> bool:
+    """Whether a serving container's model-root label lies under this stack's state directory. Compared
+    path component by path component, so `.state` does not take `.state-test/...` (the test stack's, a
+    sibling) nor `.state2/...`; a relative or empty label is nobody's."""
+    if not root or not os.path.isabs(root):
+        return False
+    state = os.path.normpath(str(s.state_dir))
+    return os.path.normpath(root).startswith(state.rstrip(os.sep) + os.sep)
+
+
 def stop_serving_containers(s: Settings) -> list[str]:
-    """Remove the TF Serving containers the pipeline started for this checkout (labelled with a model root
-    under our state directory); containers of other checkouts and anything else are left alone."""
+    """Remove the TF Serving containers the pipeline started for this stack (labelled with a model root
+    under our state directory); the other stack's (dev or test), other checkouts' and anything else are
+    left alone."""
     try:
         import docker
 
@@ -403,8 +424,7 @@ def stop_serving_containers(s: Settings) -> list[str]:
     removed = []
     try:
         for container in client.containers.list(all=True, filters={"label": "tfdeploy.serving.managed=true"}):
-            root = container.labels.get("tfdeploy.serving.model-root", "")
-            if root.startswith(str(s.state_dir) + os.sep):
+            if owns_model_root(s, container.labels.get("tfdeploy.serving.model-root", "")):
                 container.remove(force=True)
                 removed.append(container.name)
     finally:
@@ -412,10 +432,41 @@ def stop_serving_containers(s: Settings) -> list[str]:
     return removed
 
 
+def _other_stacks(s: Settings) -> list[Settings]:
+    """The other stack profiles of this checkout that have state of their own (dev for test, test for dev)."""
+    others = [settings_for(name) for name in STACK_PROFILES if name != s.stack]
+    return [o for o in others if o.state_dir != s.state_dir]
+
+
+def down_docker(s: Settings) -> None:
+    """Stop the dockerd a stack of this checkout started, once no stack of this checkout uses it: the engine
+    is shared, so taking the test stack down leaves it to the dev stack, and whichever goes down last stops it."""
+    others = _other_stacks(s)
+    users = [
+        o.stack
+        for o in others
+        if any(running_pid(o, proc) for _, _, procs in SERVICES.values() for proc in procs if proc != "dockerd")
+    ]
+    owners = [x for x in (s, *others) if running_pid(x, "dockerd")]
+    if users and owners:
+        print(f"[stack] dockerd left running: the {', '.join(users)} stack still uses it")
+        return
+    for owner in owners:
+        if stop_service(owner, "dockerd"):
+            print("[stack] stopped dockerd" + ("" if owner is s else f" (started by the {owner.stack} stack)"))
+    if not owners:
+        _pid_file(s, "dockerd").unlink(missing_ok=True)
+
+
 def status_docker(s: Settings) -> str:
     try:
         _docker_ping(s)
-        owner = "started by this project" if running_pid(s, "dockerd") else "the machine's own"
+        if running_pid(s, "dockerd"):
+            owner = "started by this stack"
+        elif any(running_pid(other, "dockerd") for other in _other_stacks(s)):
+            owner = "started by this checkout's other stack"
+        else:
+            owner = "the machine's own"
         return f"answers at {s.docker_host} ({owner})"
     except Exception as exc:  # noqa: BLE001
         return f"not answering at {s.docker_host} ({exc.__class__.__name__})"
@@ -639,7 +690,22 @@ def airflow_env(s: Settings) -> dict[str, str]:
                 "password": registry_token,
             }
         ),
+        # The `local` serving target: its TF Serving server (host, REST port, gRPC port) and the Docker
+        # engine it runs on (base URL; TLS settings tls_ca_cert/tls_client_cert/tls_client_key/tls_verify
+        # go in the extra when the engine needs them).
+        "AIRFLOW_CONN_TFSERVING_LOCAL": json.dumps(
+            {
+                "conn_type": "tfserving",
+                "host": "127.0.0.1",
+                "port": s.serving_rest_port,
+                "extra": {"grpc_port": s.serving_grpc_port},
+            }
+        ),
+        "AIRFLOW_CONN_SERVING_HOST_LOCAL": json.dumps(
+            {"conn_type": "tfdeploy_serving_host", "host": s.docker_host, "extra": {"tls_verify": False}}
+        ),
         "DOCKER_HOST": s.docker_host,
+        "TFDEPLOY_STACK": s.stack,
         "TFDEPLOY_STATE_DIR": str(s.state_dir),
         "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
         "NO_PROXY": "127.0.0.1,localhost," + os.environ.get("NO_PROXY", ""),
@@ -728,17 +794,37 @@ SERVICES: dict[str, tuple[Callable[[Settings], None], Callable[[Settings], str],
 }
 
 
+def describe_profile(s: Settings) -> str:
+    """One line: which stack profile, where its state is, and its ports."""
+    ports = " ".join(f"{var}={port}" for var, port in s.ports.items())
+    return f"stack profile {s.stack}: state {s.state_dir}, Airflow {s.airflow_url}; {ports}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "status", "env"])
     parser.add_argument("services", nargs="*", choices=[[], *SERVICES], default=[])
     args = parser.parse_args(argv)
-    s = get_settings()
+    try:
+        s = get_settings()
+    except ValueError as exc:  # a bad variable: say which, without a traceback
+        print(f"[stack] {exc}", file=sys.stderr)
+        return 2
     names = args.services or list(SERVICES)
+    if args.action == "up" and s.stack != "dev":
+        shared = shared_between(s, settings_for("dev"))
+        if shared:
+            print(
+                f"[stack] refusing to start the {s.stack} stack: it would share {', '.join(shared)} with the dev "
+                "stack. Unset those variables (or give this stack its own values).",
+                file=sys.stderr,
+            )
+            return 1
     if args.action == "env":
         for key, value in airflow_env(s).items():
             print(f"export {key}={value!r}")
         return 0
+    print(f"[stack] {describe_profile(s)}")
     if args.action == "up":
         for name in names:
             t0 = time.monotonic()
@@ -754,6 +840,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "docker":
                 for container in stop_serving_containers(s):
                     print(f"[stack] removed serving container {container}")
+                down_docker(s)
+                continue
             for proc in SERVICES[name][2]:
                 if stop_service(s, proc):
                     print(f"[stack] stopped {proc}")

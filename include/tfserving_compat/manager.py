@@ -19,7 +19,8 @@ from typing import Any
 
 from . import config as cfg
 from .errors import FailedPrecondition, InvalidArgument, NotFound, ServingError
-from .servable import Servable, load_timed
+from .loading import load_timed
+from .servable import Servable
 
 log = logging.getLogger("tfserving_compat.manager")
 

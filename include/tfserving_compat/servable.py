@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,6 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 PREDICT_METHOD = "tensorflow/serving/predict"
 DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000
 
 
 def _tf() -> Any:
@@ -131,7 +128,7 @@ class Servable:
         try:
             values = runner(*(feeds[a] for a in feed_aliases))
         except Exception as exc:  # TF kernel errors surface as INVALID_ARGUMENT, as in TF Serving
-            raise InvalidArgument(_tf_error_message(exc)) from exc
+            raise InvalidArgument(tf_error_message(exc)) from exc
         return dict(zip(aliases, values, strict=True))
 
     def _callable(self, sig: Signature, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Any:
@@ -235,44 +232,7 @@ class Servable:
             raise InvalidArgument("Expected one input Tensor.")
         return sig
 
-    # ------------------------------------------------------------------ warmup and lifecycle
-
-    def warmup(self) -> int:
-        """Replay assets.extra/tf_serving_warmup_requests (TFRecord of PredictionLog); any error fails the load."""
-        path = os.path.join(self.path, WARMUP_FILE)
-        if not os.path.exists(path):
-            return 0
-        from tensorflow_serving.apis import prediction_log_pb2
-
-        from .requests import run_classify, run_predict, run_regress
-
-        tf = _tf()
-        count = 0
-        try:
-            for raw in tf.compat.v1.io.tf_record_iterator(path):
-                try:
-                    log = prediction_log_pb2.PredictionLog.FromString(raw)
-                except Exception as exc:
-                    raise InvalidArgument(f"Failed to parse warmup record from {path}") from exc
-                kind = log.WhichOneof("log_type")
-                if kind == "predict_log":
-                    run_predict(self, log.predict_log.request)
-                elif kind == "classify_log":
-                    run_classify(self, log.classify_log.request)
-                elif kind == "regress_log":
-                    run_regress(self, log.regress_log.request)
-                else:
-                    raise InvalidArgument(f"Unsupported log_type for warmup: {kind}")
-                count += 1
-                if count > MAX_WARMUP_RECORDS:
-                    raise InvalidArgument(
-                        f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
-                    )
-        except tf.errors.DataLossError as exc:
-            raise ServingError(
-                f"{_tf_error_message(exc)}. Please verify your warmup data is in TFRecord format.", "DATA_LOSS"
-            ) from exc
-        return count
+    # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
         with self._lock:
@@ -282,25 +242,6 @@ class Servable:
                 self._session.close()
 
 
-def _tf_error_message(exc: Exception) -> str:
+def tf_error_message(exc: Exception) -> str:
     message = getattr(exc, "message", None) or str(exc)
     return message.split("\n\nErrors may have originated", 1)[0].strip()
-
-
-def load_timed(
-    name: str, version: int, path: str, *, warmup: bool, method_name_check: bool = False
-) -> tuple[Servable, float, float]:
-    """Load (and warm up) a version; returns the servable with load and warmup seconds."""
-    t0 = time.monotonic()
-    servable = Servable(name, version, path, method_name_check=method_name_check)
-    t1 = time.monotonic()
-    if warmup:
-        try:
-            servable.warmup()
-        except ServingError:
-            servable.close()
-            raise
-        except Exception as exc:
-            servable.close()
-            raise InvalidArgument(f"Warmup failed for {path}: {exc}") from exc
-    return servable, t1 - t0, time.monotonic() - t1

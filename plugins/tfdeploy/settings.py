@@ -2,11 +2,21 @@
 
 Scripts (``include/scripts/stack.py``), tests and DAG code all read these, so a value changes in one
 place. Defaults are for a single developer machine; every one can be overridden by its variable.
+
+Two stacks of one checkout can run side by side: the developer's (``TFDEPLOY_STACK=dev``, the default:
+``make up``, ``make demo``) and the test suite's (``TFDEPLOY_STACK=test``: ``make test``). The profile
+changes the defaults, here and nowhere else: the test stack keeps its state in ``<clone>/.state-test``,
+listens on every port + 10000 and names its serving containers ``tfserving-test-<target>``, so the
+tests never touch the developer's services, registry or serving containers. Variables set explicitly
+still win over either profile's defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +25,26 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Databases of the model registry on the stack's PostgreSQL (stack.py creates both, owned by postgres_user).
 REGISTRY_DB = "tfdeploy_registry"
 REGISTRY_TEST_DB = "tfdeploy_registry_test"
+
+
+@dataclass(frozen=True)
+class StackProfile:
+    """What a stack profile changes: where its state lives, how far its ports are shifted, and the
+    prefix of its serving containers' names."""
+
+    name: str
+    state_dir_name: str
+    port_offset: int
+    container_prefix: str
+
+
+STACK_PROFILES: dict[str, StackProfile] = {
+    "dev": StackProfile("dev", ".state", 0, "tfserving"),
+    "test": StackProfile("test", ".state-test", 10000, "tfserving-test"),
+}
+
+# settings_for() builds the Settings of a named profile without touching os.environ.
+_stack_override: ContextVar[str | None] = ContextVar("tfdeploy_stack_override", default=None)
 
 
 def _env(name: str, default: str) -> str:
@@ -33,30 +63,72 @@ def _port(name: str, default: int) -> int:
     return port
 
 
+def _profile() -> StackProfile:
+    name = _stack_override.get() or _env("TFDEPLOY_STACK", "dev")
+    try:
+        return STACK_PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"TFDEPLOY_STACK={name!r} is not a stack profile; set it to one of: {', '.join(STACK_PROFILES)}"
+        ) from None
+
+
+def _stack_port(name: str, dev_default: int) -> int:
+    """Port from `name`, else the dev default shifted by the profile's offset (+10000 for the test stack)."""
+    return _port(name, dev_default + _profile().port_offset)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration of the local stack."""
 
-    state_dir: Path = field(default_factory=lambda: Path(_env("TFDEPLOY_STATE_DIR", str(PROJECT_ROOT / ".state"))))
+    # Profile: "dev" (the developer's stack) or "test" (the test suite's own stack); see the module doc.
+    stack: str = field(default_factory=lambda: _profile().name)
+    state_dir: Path = field(
+        default_factory=lambda: Path(_env("TFDEPLOY_STATE_DIR", str(PROJECT_ROOT / _profile().state_dir_name)))
+    )
     cache_dir: Path = field(
         default_factory=lambda: Path(_env("TFDEPLOY_CACHE_DIR", str(Path.home() / ".cache" / "tfdeploy")))
     )
     # Airflow
     airflow_host: str = field(default_factory=lambda: _env("AIRFLOW_HOST", "127.0.0.1"))
-    airflow_port: int = field(default_factory=lambda: _port("AIRFLOW_PORT", 8080))
+    airflow_port: int = field(default_factory=lambda: _stack_port("AIRFLOW_PORT", 8080))
     airflow_user: str = field(default_factory=lambda: _env("AIRFLOW_USER", "admin"))
     airflow_password: str = field(default_factory=lambda: _env("AIRFLOW_PASSWORD", "admin"))
     # HDFS
     hadoop_version: str = field(default_factory=lambda: _env("HADOOP_VERSION", "3.4.2"))
-    namenode_rpc_port: int = field(default_factory=lambda: _port("HDFS_NAMENODE_RPC_PORT", 8020))
-    webhdfs_port: int = field(default_factory=lambda: _port("HDFS_WEBHDFS_PORT", 9870))
+    namenode_rpc_port: int = field(default_factory=lambda: _stack_port("HDFS_NAMENODE_RPC_PORT", 8020))
+    webhdfs_port: int = field(default_factory=lambda: _stack_port("HDFS_WEBHDFS_PORT", 9870))
+    datanode_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE_PORT", 9866))
+    datanode_http_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE_HTTP_PORT", 9864))
+    datanode_ipc_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE_IPC_PORT", 9867))
     hdfs_user: str = field(default_factory=lambda: _env("HDFS_USER", "airflow"))
-    # Docker
+    # Docker (one engine serves both stacks; their containers are told apart by name and label)
     docker_host: str = field(default_factory=lambda: _env("DOCKER_HOST", "unix:///var/run/docker.sock"))
     # PostgreSQL (the model registry's server; 5433 so a machine's own PostgreSQL on 5432 does not clash)
-    postgres_port: int = field(default_factory=lambda: _port("POSTGRES_PORT", 5433))
+    postgres_port: int = field(default_factory=lambda: _stack_port("POSTGRES_PORT", 5433))
     postgres_user: str = field(default_factory=lambda: _env("POSTGRES_USER", "tfdeploy"))
     postgres_os_user: str = field(default_factory=lambda: _env("POSTGRES_OS_USER", "tfdeploy-pg"))
+    # Serving (the `local` target's container `<serving_container_prefix>-local`, on 127.0.0.1)
+    serving_image: str = field(default_factory=lambda: _env("SERVING_IMAGE", "local/tfserving-compat:latest"))
+    serving_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_GRPC_PORT", 8500))
+    serving_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_REST_PORT", 8501))
+    serving_container_prefix: str = field(default_factory=lambda: _profile().container_prefix)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port this stack listens on (all on 127.0.0.1), by the variable that sets it."""
+        return {
+            "AIRFLOW_PORT": self.airflow_port,
+            "HDFS_NAMENODE_RPC_PORT": self.namenode_rpc_port,
+            "HDFS_WEBHDFS_PORT": self.webhdfs_port,
+            "HDFS_DATANODE_PORT": self.datanode_port,
+            "HDFS_DATANODE_HTTP_PORT": self.datanode_http_port,
+            "HDFS_DATANODE_IPC_PORT": self.datanode_ipc_port,
+            "POSTGRES_PORT": self.postgres_port,
+            "SERVING_GRPC_PORT": self.serving_grpc_port,
+            "SERVING_REST_PORT": self.serving_rest_port,
+        }
 
     @property
     def airflow_home(self) -> Path:
@@ -114,3 +186,38 @@ class Settings:
 
 def get_settings() -> Settings:
     return Settings()
+
+
+@contextlib.contextmanager
+def _as_stack(name: str) -> Iterator[None]:
+    if name not in STACK_PROFILES:
+        raise ValueError(f"unknown stack profile {name!r}; one of: {', '.join(STACK_PROFILES)}")
+    token = _stack_override.set(name)
+    try:
+        yield
+    finally:
+        _stack_override.reset(token)
+
+
+def settings_for(stack: str) -> Settings:
+    """The Settings the given profile resolves to in this environment (TFDEPLOY_STACK aside)."""
+    with _as_stack(stack):
+        return Settings()
+
+
+def shared_between(a: Settings, b: Settings) -> list[str]:
+    """What two stacks would share although each needs its own: state directory, Airflow home, registry
+    database, ports. Empty when they can run side by side (the Docker engine is meant to be shared)."""
+    shared = [
+        label
+        for label, x, y in (
+            ("TFDEPLOY_STATE_DIR", a.state_dir, b.state_dir),
+            ("AIRFLOW_HOME", a.airflow_home, b.airflow_home),
+            ("REGISTRY_DB_URL", a.registry_db_url, b.registry_db_url),
+            ("serving container prefix", a.serving_container_prefix, b.serving_container_prefix),
+        )
+        if x == y
+    ]
+    b_ports = set(b.ports.values())
+    shared += [f"{var}={port}" for var, port in a.ports.items() if port in b_ports]
+    return shared

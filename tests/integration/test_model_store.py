@@ -1,4 +1,5 @@
-"""The HDFS model store against the real NameNode and DataNode: atomic, idempotent, verified publishing."""
+"""The HDFS model store against the real NameNode and DataNode: atomic, idempotent, verified publishing
+and fetching."""
 
 from __future__ import annotations
 
@@ -8,22 +9,19 @@ import shutil
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from hdfs.util import HdfsError
 
-from tfdeploy.hooks import model_store
-from tfdeploy.hooks.model_store import (
-    MANIFEST_NAME,
-    ChecksumMismatch,
-    ModelNotFound,
-    ModelStoreHook,
-    PublishError,
-    VersionConflict,
-)
+from tfdeploy.core import manifest as mf
+from tfdeploy.core.errors import ChecksumMismatch, ModelNotFound, ModelStoreError, PublishError, VersionConflict
+from tfdeploy.core.manifest import MANIFEST_NAME, build_manifest, encode_manifest, manifest_sha256
+from tfdeploy.hooks.model_store import ModelStoreHook, PublishResult
+from tfdeploy.hooks.model_store import publish as publish_module
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "tfserving-testdata"
+TESTDATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "tfserving-testdata"
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
 
 
@@ -72,12 +70,12 @@ def children(store: ModelStoreHook, model: str) -> list[str]:
     return sorted(store.client.list(store.model_dir(model)))
 
 
-def test_publish_then_fetch_is_byte_identical(store, model, export, tmp_path):
+def test_publish_then_fetch_is_byte_identical(store, model, export, tmp_path, settings):
     result = store.publish(export, model, 1)
 
     assert result.created is True
     assert (result.model, result.version) == (model, 1)
-    assert result.uri == f"webhdfs://127.0.0.1:9870/models/{model}/1" == store.uri(model, 1)
+    assert result.uri == f"webhdfs://127.0.0.1:{settings.webhdfs_port}/models/{model}/1" == store.uri(model, 1)
     files, dirs = tree(export)
     assert (result.files, result.bytes) == (len(files), sum(len(b) for b in files.values())) == (4, 12318)
     manifest_bytes = hdfs_read(store, f"/models/{model}/1/{MANIFEST_NAME}")
@@ -93,6 +91,25 @@ def test_publish_then_fetch_is_byte_identical(store, model, export, tmp_path):
     assert sorted(os.listdir(local.parent)) == ["1"]  # no local temp dir either
     # Fetching again keeps the verified copy.
     assert store.fetch(model, 1, local.parent, expected_manifest_sha256=result.manifest_sha256) == local
+
+
+def test_a_durable_fetch_fsyncs_every_file_and_directory(store, model, export, tmp_path, monkeypatch):
+    store.publish(export, model, 1)
+    real_fsync, synced = os.fsync, []
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    local = store.fetch(model, 1, tmp_path / "serving", durable=True)
+    monkeypatch.undo()
+    names = {Path(p).name for p in synced}
+    # 4 files + manifest, assets/ + variables/ + the version dir, then the parent after the rename.
+    assert {"saved_model.pb", "variables.index", "foo.txt", MANIFEST_NAME, "assets", "variables"} <= names
+    assert str(tmp_path / "serving") == synced[-1]
+    assert len(synced) == 9
+    assert tree(local) == tree(export)
 
 
 def test_empty_directories_survive_the_round_trip(store, model, export, tmp_path):
@@ -134,33 +151,50 @@ def test_different_content_is_a_conflict_and_the_original_stays(store, model, ex
     assert store.publish(export, model, store.next_version(model)).version == 2
 
 
+def test_publish_with_the_callers_manifest_hashes_nothing_again(store, model, export, monkeypatch):
+    manifest = build_manifest(export)
+    real_hash, hashed = mf.hash_file, []
+    monkeypatch.setattr(mf, "hash_file", lambda path: hashed.append(path) or real_hash(path))
+    assert build_manifest(export) == manifest and len(hashed) == 4  # the counter sees build_manifest's hashing
+    hashed.clear()
+
+    result = store.publish(export, model, 1, manifest=manifest)
+    assert hashed == []
+    assert result.created is True and result.manifest_sha256 == manifest_sha256(encode_manifest(manifest))
+    assert hdfs_read(store, f"{store.version_dir(model, 1)}/{MANIFEST_NAME}") == encode_manifest(manifest)
+    assert store.publish(export, model, 1, manifest=manifest).created is False
+    assert hashed == []
+
+    # A manifest of another tree is refused before anything is uploaded.
+    (export / "assets" / "extra.txt").write_text("not in the manifest\n")
+    with pytest.raises(PublishError, match=r"does not describe .*assets/extra\.txt"):
+        store.publish(export, model, 2, manifest=manifest)
+    with pytest.raises(PublishError, match="not a valid tfdeploy manifest"):
+        store.publish(export, model, 2, manifest={**manifest, "file_count": 3})
+    assert children(store, model) == ["1"]
+
+
 def test_a_file_that_disappears_fails_the_publish_and_leaves_no_temp_dir(store, model, export, monkeypatch):
-    real_build = model_store.build_manifest
+    real_build = mf.build_manifest
 
     def build_then_delete(local_dir, **kwargs):
         manifest = real_build(local_dir, **kwargs)
         (export / "variables" / "variables.index").unlink()
         return manifest
 
-    monkeypatch.setattr(model_store, "build_manifest", build_then_delete)
+    monkeypatch.setattr(mf, "build_manifest", build_then_delete)
     with pytest.raises(PublishError, match=r"cannot read .*variables\.index"):
         store.publish(export, model, 1)
     assert children(store, model) == []
     assert store.versions(model) == []
 
 
-def test_a_file_changed_during_the_publish_fails_it_and_leaves_no_temp_dir(store, model, export, monkeypatch):
-    real_build = model_store.build_manifest
-
-    def build_then_change(local_dir, **kwargs):
-        manifest = real_build(local_dir, **kwargs)
-        path = export / "saved_model.pb"
-        path.write_bytes(b"\0" * path.stat().st_size)  # same size, other bytes
-        return manifest
-
-    monkeypatch.setattr(model_store, "build_manifest", build_then_change)
+def test_a_file_changed_after_its_manifest_was_built_fails_the_publish(store, model, export):
+    manifest = build_manifest(export)
+    path = export / "saved_model.pb"
+    path.write_bytes(b"\0" * path.stat().st_size)  # same size, other bytes
     with pytest.raises(PublishError, match=r"saved_model\.pb changed while it was published"):
-        store.publish(export, model, 1)
+        store.publish(export, model, 1, manifest=manifest)
     assert children(store, model) == []
 
 
@@ -189,22 +223,25 @@ def test_rename2_refuses_an_existing_target_and_never_nests(store, model):
     client.write(f"{base}/dst/b.txt", data=b"b")
     client.makedirs(f"{base}/empty")
 
-    assert store._rename2(f"{base}/src", f"{base}/dst") is False
-    assert store._rename2(f"{base}/src", f"{base}/empty") is False  # even an empty one
+    assert publish_module.rename2(store, f"{base}/src", f"{base}/dst") is False
+    assert publish_module.rename2(store, f"{base}/src", f"{base}/empty") is False  # even an empty one
     assert sorted(client.list(f"{base}/dst")) == ["b.txt"]
     assert client.list(f"{base}/empty") == []
     assert sorted(client.list(f"{base}/src")) == ["a.txt"]
 
-    assert store._rename2(f"{base}/src", f"{base}/new") is True
+    assert publish_module.rename2(store, f"{base}/src", f"{base}/new") is True
     assert sorted(client.list(base)) == ["dst", "empty", "new"]
     assert client.list(f"{base}/new") == ["a.txt"]
+    with pytest.raises(HdfsError, match="FileNotFoundException|not found") as excinfo:
+        publish_module.rename2(store, f"{base}/gone", f"{base}/other")
+    assert excinfo.value.exception == "FileNotFoundException"
 
 
 def test_losing_the_rename_race_compares_with_the_winner(store, model, export, tmp_path, monkeypatch):
     """The version appears between the existence check and the rename: rename2 refuses, nothing nests."""
     winner = store.publish(export, model, 1)
     winner_listing = sorted(store.client.list(store.version_dir(model, 1)))
-    monkeypatch.setattr(store, "_existing_version_dir", lambda model, version: None)
+    monkeypatch.setattr(store, "_existing_version_dir", lambda *args, **kwargs: None)
 
     same = store.publish(export, model, 1)
     assert same.created is False and same.manifest_sha256 == winner.manifest_sha256
@@ -243,11 +280,11 @@ def test_concurrent_publishers_of_one_version(store, model, export, tmp_path):
     for t in threads:
         t.join(120)
 
-    created = [o for o in outcomes if isinstance(o, model_store.PublishResult) and o.created]
+    created = [o for o in outcomes if isinstance(o, PublishResult) and o.created]
     assert len(created) == 1, outcomes
     winner_sha = created[0].manifest_sha256
     for o in outcomes:
-        if isinstance(o, model_store.PublishResult):
+        if isinstance(o, PublishResult):
             assert o.manifest_sha256 == winner_sha
         else:
             assert isinstance(o, VersionConflict) and o.existing_sha256 == winner_sha
@@ -259,7 +296,7 @@ def test_concurrent_publishers_of_one_version(store, model, export, tmp_path):
     assert store.read_manifest(model, 1)["file_count"] == 4
 
 
-def test_a_corrupted_file_on_hdfs_fails_the_fetch_naming_it(store, model, export, tmp_path):
+def test_a_corrupted_file_on_hdfs_fails_the_fetch_naming_it_and_leaves_nothing(store, model, export, tmp_path):
     store.publish(export, model, 1)
     target = f"{store.version_dir(model, 1)}/variables/variables.index"
     size = store.client.status(target)["length"]
@@ -274,19 +311,87 @@ def test_a_corrupted_file_on_hdfs_fails_the_fetch_naming_it(store, model, export
     with pytest.raises(ChecksumMismatch) as excinfo:
         store.fetch(model, 1, tmp_path / "out")
     assert excinfo.value.path in ("assets/foo.txt", "variables/variables.index")
+    assert excinfo.value.path in str(excinfo.value)
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_file_swapped_with_another_files_content_fails_the_fetch_naming_it(store, model, export, tmp_path):
+    store.publish(export, model, 1)
+    version_dir = store.version_dir(model, 1)
+    index = hdfs_read(store, f"{version_dir}/variables/variables.index")
+    store.client.write(f"{version_dir}/assets/foo.txt", data=index, overwrite=True)  # another file's bytes
+
+    with pytest.raises(ChecksumMismatch, match=r"assets/foo\.txt is corrupt") as excinfo:
+        store.fetch(model, 1, tmp_path / "serving", durable=True)
+    assert excinfo.value.path == "assets/foo.txt"
+    assert os.listdir(tmp_path / "serving") == []
 
 
 def test_fetch_refuses_a_different_recorded_checksum_and_a_tampered_local_copy(store, model, export, tmp_path):
     result = store.publish(export, model, 1)
-    with pytest.raises(ChecksumMismatch, match="expected 0000") as excinfo:
+    with pytest.raises(ChecksumMismatch, match=f"{MANIFEST_NAME} has sha256 .* expected 0000") as excinfo:
         store.fetch(model, 1, tmp_path / "out", expected_manifest_sha256="0" * 64)
     assert excinfo.value.path == MANIFEST_NAME
+    assert not (tmp_path / "out").exists()  # not even local_dir was created
     local = store.fetch(model, 1, tmp_path / "out", expected_manifest_sha256=result.manifest_sha256)
     (local / "saved_model.pb").write_bytes(b"tampered")
-    with pytest.raises(ChecksumMismatch, match="delete it and fetch again") as excinfo:
+    with pytest.raises(ChecksumMismatch, match="delete it .* and fetch again") as excinfo:
         store.fetch(model, 1, tmp_path / "out")
     assert excinfo.value.path == "saved_model.pb"
+    (local / "saved_model.pb").write_bytes((export / "saved_model.pb").read_bytes())
+    (local / MANIFEST_NAME).unlink()
+    with pytest.raises(ChecksumMismatch, match=f"{MANIFEST_NAME}: missing") as excinfo:
+        store.fetch(model, 1, tmp_path / "out")
+    assert excinfo.value.path == MANIFEST_NAME
+
+
+def test_fetch_refuses_a_directory_that_already_is_the_version_for_tf_serving(store, model, export, tmp_path):
+    store.publish(export, model, 7)
+    serving = tmp_path / "serving"
+    (serving / "007").mkdir(parents=True)
+    (serving / ".tmp-7-deadbeef").mkdir()  # not a version: no problem
+    with pytest.raises(ModelStoreError, match=r"007 already is version 7 for TF Serving"):
+        store.fetch(model, 7, serving)
+    assert sorted(os.listdir(serving)) == [".tmp-7-deadbeef", "007"]
+    (serving / "007").rmdir()
+    assert store.fetch(model, 7, serving) == serving / "7"
+
+
+def test_find_version_matches_the_manifest_checksum_newest_first(store, model, export, tmp_path):
+    first = store.publish(export, model, 1)
+    other = tmp_path / "other"
+    shutil.copytree(export, other)
+    (other / "assets" / "foo.txt").write_text("other content\n")
+    second = store.publish(other, model, 2)
+    store.client.makedirs(store.version_dir(model, 3))  # a version dir the store did not write: no match
+
+    assert store.find_version(model, first.manifest_sha256) == 1
+    assert store.find_version(model, second.manifest_sha256) == 2
+    assert store.find_version(model, "0" * 64) is None
+    assert store.find_version(f"{model}-none", first.manifest_sha256) is None
+    assert store.publish(export, model, 4).created is True  # the same content again, as a newer version
+    assert store.find_version(model, first.manifest_sha256) == 4
+
+
+def test_download_tree_copies_any_hdfs_directory(store, model, export, tmp_path):
+    source = f"{store.model_dir(model)}/incoming"
+    store.client.upload(source, str(export))
+    store.client.makedirs(f"{source}/empty")
+
+    local = store.download_tree(source, tmp_path / "dl")
+    assert local == tmp_path / "dl"
+    files, dirs = tree(local)
+    assert files == tree(export)[0] and dirs == tree(export)[1] | {"empty"}
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(ModelStoreError, match="not an empty directory"):
+        store.download_tree(source, tmp_path / "busy")
+    with pytest.raises(ModelStoreError, match="does not exist on HDFS"):
+        store.download_tree(f"{source}-missing", tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    single = store.download_tree(f"{source}/saved_model.pb", tmp_path / "single")
+    assert os.listdir(single) == ["saved_model.pb"]
 
 
 def test_versions_ignore_non_numeric_siblings(store, model, export):
@@ -324,11 +429,17 @@ def test_fifty_small_files_publish_in_parallel(store, model, tmp_path):
         path = src / f"shard-{i % 5}" / f"part-{i:03d}.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(100 + i * 37))
-    result = ModelStoreHook("webhdfs_default", max_workers=8).publish(src, model, 1)
+    result = ModelStoreHook("webhdfs_default", max_workers=10).publish(src, model, 1)
     assert (result.files, result.created) == (50, True)
     assert len(store.read_manifest(model, 1)["files"]) == 50
     assert tree(store.fetch(model, 1, tmp_path / "out")) == tree(src)
     assert children(store, model) == ["1"]
+
+
+def _age(store: ModelStoreHook, paths: list[str], hours: float) -> None:
+    then = int((time.time() - hours * 3600) * 1000)
+    for path in paths:
+        store.client.set_times(path, modification_time=then, access_time=then)
 
 
 def test_clean_stale_temp_removes_only_old_temp_dirs(store, model):
@@ -337,9 +448,20 @@ def test_clean_stale_temp_removes_only_old_temp_dirs(store, model):
     store.client.write(f"{old}/saved_model.pb", data=b"abandoned")
     store.client.write(f"{fresh}/saved_model.pb", data=b"in progress")
     store.client.makedirs(f"{base}/3")
-    two_hours_ago = int((time.time() - 7200) * 1000)
-    for path in (f"{old}/saved_model.pb", old):
-        store.client.set_times(path, modification_time=two_hours_ago, access_time=two_hours_ago)
+    _age(store, [f"{old}/saved_model.pb", old], hours=2)
 
-    assert store.clean_stale_temp(model) == [old]
+    assert store.clean_stale_temp(model, older_than=timedelta(hours=1)) == [old]
     assert children(store, model) == [".tmp-2-fe5h0000", "3"]
+
+
+def test_publish_removes_temp_dirs_a_crashed_publisher_left(store, model, export):
+    base = store.model_dir(model)
+    crashed, recent, busy = f"{base}/.tmp-1-cra5hed0", f"{base}/.tmp-1-rece0000", f"{base}/.tmp-1-b0sy0000"
+    for path in (crashed, recent, busy):
+        store.client.write(f"{path}/variables/variables.index", data=b"partial")
+    _age(store, [f"{crashed}/variables/variables.index", f"{crashed}/variables", crashed], hours=25)
+    _age(store, [f"{recent}/variables/variables.index", f"{recent}/variables", recent], hours=2)
+    _age(store, [busy], hours=25)  # its newest entry is fresh: still being written
+
+    store.publish(export, model, 1)
+    assert children(store, model) == [".tmp-1-b0sy0000", ".tmp-1-rece0000", "1"]

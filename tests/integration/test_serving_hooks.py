@@ -8,32 +8,29 @@ started here is removed at the end, whatever happens.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import socket
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import docker.errors
 import pytest
 
-from tfdeploy.hooks.serving_host import ServerInfo, ServingHostHook
-from tfdeploy.hooks.tfserving import TFServingHook
-from tfdeploy.serving.errors import (
+from tfdeploy.core.errors import (
     ServerNotFound,
     ServerStartError,
     ServingReloadError,
     ServingRequestError,
     ServingUnavailable,
-    SharedDiskRequired,
-    StagingConflict,
     VersionNotAvailable,
 )
-from tfdeploy.serving.models_config import ServedModel, build_model_config, parse_text, to_text
+from tfdeploy.core.models_config import ServedModel, build_model_config
+from tfdeploy.hooks.serving_host import ServingHostHook
+from tfdeploy.hooks.tfserving import TFServingHook
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTDATA = ROOT.parent / "shared" / "tfserving-testdata"
+TESTDATA = ROOT / "tests" / "data" / "tfserving-testdata"
 HP_V1 = TESTDATA / "saved_model_half_plus_two_2_versions" / "00000123"
 HP_V2 = TESTDATA / "saved_model_half_plus_two_2_versions" / "00000124"
 BAD = TESTDATA / "bad_half_plus_two" / "00000123"
@@ -79,19 +76,18 @@ def served(host: ServingHostHook, versions: tuple[int, ...], labels: dict[str, i
 def apply(host: ServingHostHook, serving: TFServingHook, *models: ServedModel) -> None:
     """What the pipeline does: the file (so a restarted container gets it) and a reload (so the running one does)."""
     config = build_model_config(models)
-    host.write_config(to_text(config))
+    host.write_config(config)
     serving.reload(config, timeout=DEADLINE)
 
 
 @pytest.fixture(scope="module")
-def server(host, container_names) -> ServerInfo:
+def server(host, container_names) -> SimpleNamespace:
     assert host.stage_version(HP_V1, MODEL, 1) == "/models/hp"
-    assert host.write_config(to_text(build_model_config([served(host, (1,))]))) == "/models/models.config"
+    assert host.write_config(build_model_config([served(host, (1,))])) == "/models/models.config"
     name = new_name(container_names)
     grpc_port, rest_port = free_port(), free_port()
     first = host.ensure_server(name=name, image=IMAGE, grpc_port=grpc_port, rest_port=rest_port)
     assert first.created
-    assert (first.grpc_target, first.rest_url) == (f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}")
     again = host.ensure_server(name=name, image=IMAGE, grpc_port=grpc_port, rest_port=rest_port)
     assert (again.created, again.container_id) == (False, first.container_id)
     # A changed argument replaces the container. --max_num_load_retries=0 makes a broken version fail fast.
@@ -99,7 +95,12 @@ def server(host, container_names) -> ServerInfo:
         name=name, image=IMAGE, grpc_port=grpc_port, rest_port=rest_port, extra_args=("--max_num_load_retries=0",)
     )
     assert replaced.created and replaced.container_id != first.container_id
-    return replaced
+    return SimpleNamespace(
+        name=replaced.name,
+        container_id=replaced.container_id,
+        grpc_target=f"127.0.0.1:{grpc_port}",
+        rest_url=f"http://127.0.0.1:{rest_port}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_container_runs_the_image_with_the_contract(server, docker_client, host)
     args = container.attrs["Args"]
     assert "--model_config_file=/models/models.config" in args
     assert "--model_config_file_poll_wait_seconds=0" in args
-    assert "--allow_version_labels_for_unavailable_models=false" in args
+    assert "--allow_version_labels_for_unavailable_models=true" in args  # a restart keeps the file's labels
     assert args[-1] == "--max_num_load_retries=0"
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     mounts = {m["Destination"]: m["Source"] for m in container.attrs["Mounts"]}
@@ -182,8 +183,7 @@ def test_new_version_then_label_then_retire_the_old_one(host, serving):
     host.remove_staged(MODEL, 1)
     assert not (host.model_root / MODEL / "1").exists()
     # the file on disk is what the last reload sent
-    text = (host.model_root / "models.config").read_text()
-    assert parse_text(text) == build_model_config([served(host, (2,))])
+    assert host.read_config() == [served(host, (2,))]
 
 
 def test_a_retired_version_can_come_back(host, serving):
@@ -242,7 +242,7 @@ def test_ensure_server_reports_a_server_that_cannot_start(settings, tmp_path, co
     with pytest.raises(ServerStartError, match="call write_config"):
         host.ensure_server(name=new_name(container_names), image=IMAGE, grpc_port=free_port(), rest_port=free_port())
     host.stage_version(BAD, "broken", 1)
-    host.write_config(to_text(build_model_config([ServedModel("broken", "/models/broken", (1,))])))
+    host.write_config(build_model_config([ServedModel("broken", "/models/broken", (1,))]))
     name = new_name(container_names)
     with pytest.raises(ServerStartError) as err:
         host.ensure_server(
@@ -259,88 +259,3 @@ def test_ensure_server_reports_a_server_that_cannot_start(settings, tmp_path, co
     with pytest.raises(ServerNotFound):
         host.server_logs(name)
     host.stop_server(name)  # no-op when absent
-
-
-# --------------------------------------------------------------------------- staging and the shared disk
-
-
-def test_staging_is_atomic_idempotent_and_refuses_conflicts(tmp_path):
-    host = ServingHostHook(model_root=str(tmp_path / "root"), base_url="unix:///var/run/docker.sock")
-    assert host.stage_version(HP_V1, "m", 5) == "/models/m" == host.container_base_path("m")
-    staged = tmp_path / "root" / "m" / "5"
-    assert (staged / "saved_model.pb").read_bytes() == (HP_V1 / "saved_model.pb").read_bytes()
-    assert [p.name for p in (tmp_path / "root" / "m").iterdir()] == ["5"]  # no temp dirs left
-    host.stage_version(HP_V1, "m", 5)  # same content: no-op
-    host.stage_version(HP_V2, "m", 5)  # TF Serving's 124 is a byte-identical copy of 123: no-op too
-    with pytest.raises(StagingConflict, match="already staged .* with different content"):
-        host.stage_version(BAD, "m", 5)
-    same_sizes = tmp_path / "same-sizes"
-    shutil.copytree(HP_V1, same_sizes)
-    foo = same_sizes / "assets" / "foo.txt"
-    foo.write_bytes(bytes([foo.read_bytes()[0] ^ 1]) + foo.read_bytes()[1:])  # same size, other SHA-256
-    with pytest.raises(StagingConflict, match=r"files \(names, sizes or SHA-256\) differ"):
-        host.stage_version(same_sizes, "m", 5)
-    # '005' is version 5 for TF Serving: another spelling of a staged version is a conflict
-    (tmp_path / "root" / "m" / "005").mkdir()
-    with pytest.raises(StagingConflict, match="005"):
-        host.stage_version(HP_V1, "m", 5)
-    (tmp_path / "root" / "m" / "005").rmdir()
-    host.remove_staged("m", 5)
-    host.remove_staged("m", 5)  # absent: no-op
-    assert list((tmp_path / "root" / "m").iterdir()) == []
-    with pytest.raises(ValueError):
-        host.stage_version(HP_V1, "../escape", 1)
-    with pytest.raises(FileNotFoundError):
-        host.stage_version(tmp_path / "missing", "m", 1)
-
-
-def test_staging_compares_manifests_when_both_have_one(tmp_path):
-    host = ServingHostHook(model_root=str(tmp_path / "root"), base_url="unix:///var/run/docker.sock")
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    for src, manifest in ((a, {"sha256": "x"}), (b, {"sha256": "x"}), (c, {"sha256": "y"})):
-        shutil.copytree(HP_V1, src)
-        (src / "tfdeploy_manifest.json").write_text(json.dumps(manifest))
-    (b / "extra.txt").write_text("same manifest, so same version")
-    host.stage_version(a, "m", 1)
-    host.stage_version(b, "m", 1)  # manifests equal: no-op
-    with pytest.raises(StagingConflict, match="tfdeploy_manifest.json differ"):
-        host.stage_version(c, "m", 1)
-
-
-def test_write_config_is_atomic_and_checked(tmp_path):
-    host = ServingHostHook(model_root=str(tmp_path / "root"), base_url="unix:///var/run/docker.sock")
-    text = to_text(build_model_config([ServedModel("m", "/models/m", (1,))]))
-    assert host.write_config(text) == "/models/models.config"
-    assert (tmp_path / "root" / "models.config").read_text() == text
-    with pytest.raises(ValueError, match="not a valid models.config"):
-        host.write_config("garbage {")
-    assert (tmp_path / "root" / "models.config").read_text() == text
-    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["models.config"]
-
-
-@pytest.mark.parametrize(
-    "url", ["tcp://10.1.2.3:2375", "tcp://docker.example.com:2376", "ssh://deploy@serving-1", "https://10.0.0.5:2376"]
-)
-def test_check_shared_disk_refuses_a_remote_daemon(tmp_path, url):
-    host = ServingHostHook(model_root=str(tmp_path), base_url=url)
-    with pytest.raises(SharedDiskRequired) as err:
-        host.check_shared_disk()
-    assert (
-        url in str(err.value) and "is remote" in str(err.value) and "Run the task on the serving host" in str(err.value)
-    )
-    with pytest.raises(SharedDiskRequired):
-        host.stage_version(HP_V1, "m", 1)
-
-
-@pytest.mark.parametrize(
-    "url", ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375", "tcp://localhost:2375", "tcp://[::1]:2375"]
-)
-def test_check_shared_disk_accepts_a_local_daemon(tmp_path, url):
-    ServingHostHook(model_root=str(tmp_path), base_url=url).check_shared_disk()
-
-
-def test_base_url_defaults_to_docker_host(tmp_path, monkeypatch):
-    monkeypatch.setenv("DOCKER_HOST", "tcp://10.9.8.7:2375")
-    assert ServingHostHook(model_root=str(tmp_path)).base_url == "tcp://10.9.8.7:2375"
-    monkeypatch.delenv("DOCKER_HOST")
-    assert ServingHostHook(model_root=str(tmp_path)).base_url == "unix:///var/run/docker.sock"

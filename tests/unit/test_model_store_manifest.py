@@ -1,4 +1,4 @@
-"""The model store's pure logic: manifests (building, encoding, parsing, checking) and version names."""
+"""The model store's pure logic (tfdeploy.core.manifest): building, encoding, parsing, checking, version names."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import os
 
 import pytest
 
-from tfdeploy.hooks.model_store import (
+from tfdeploy.core.errors import InvalidModelName, ModelStoreError, PublishError
+from tfdeploy.core.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     Mismatch,
-    ModelStoreError,
-    ModelStoreHook,
-    PublishError,
     build_manifest,
     check_listing,
     encode_manifest,
@@ -23,7 +21,7 @@ from tfdeploy.hooks.model_store import (
     parse_manifest,
     verify_tree,
 )
-from tfdeploy.registry.errors import InvalidName
+from tfdeploy.hooks.model_store import ModelStoreHook
 
 
 @pytest.fixture
@@ -131,6 +129,9 @@ def test_parse_manifest_round_trips_and_refuses_foreign_or_dangerous_manifests(e
         json.dumps({**manifest, "files": {"../../etc/passwd": {"size": 1, "sha256": "0" * 64}}}).encode(),
         json.dumps({**manifest, "directories": ["/abs"]}).encode(),
         json.dumps({**manifest, "files": {"a": {"size": "1", "sha256": "0" * 64}}}).encode(),
+        json.dumps({**manifest, "file_count": 99}).encode(),
+        json.dumps({**manifest, "total_bytes": 1}).encode(),
+        json.dumps({**manifest, "directories": [*manifest["directories"], MANIFEST_NAME]}).encode(),
     ):
         with pytest.raises(ModelStoreError, match="is not a valid tfdeploy manifest"):
             parse_manifest(bad, where="/models/m/1/tfdeploy_manifest.json")
@@ -163,6 +164,16 @@ def test_verify_tree_checks_content_not_only_sizes(export):
     problems = verify_tree(manifest, export)
     assert [p.path for p in problems] == ["assets", "variables/variables.index"]
     assert "expected size 5" in problems[1].problem
+    (export / "stray").mkdir()
+    (export / "stray" / "x.bin").write_bytes(b"x")
+    (export / "saved_model.pb").write_bytes(b"short")
+    assert verify_tree(manifest, export) == [
+        Mismatch("assets", "directory missing"),
+        Mismatch("saved_model.pb", "size 5, expected size 500"),
+        Mismatch("stray", "not in the manifest"),
+        Mismatch("stray/x.bin", "not in the manifest"),
+        problems[1],
+    ]
 
 
 def test_numeric_versions_are_directories_named_by_digits_only():
@@ -175,27 +186,31 @@ def test_numeric_versions_are_directories_named_by_digits_only():
         ("12a", {"type": "DIRECTORY"}),
         ("\u0661\u0662", {"type": "DIRECTORY"}),  # Arabic-Indic digits: not a TF Serving version
         ("-4", {"type": "DIRECTORY"}),
+        ("9223372036854775808", {"type": "DIRECTORY"}),  # beyond int64: not a version
+        ("0", {"type": "DIRECTORY"}),
     ]
-    assert numeric_versions(children) == [1, 3, 7]
+    assert numeric_versions(children) == [0, 1, 3, 7]
 
 
-def test_paths_and_uri_come_from_base_path_and_the_connection():
+def test_paths_and_uri_come_from_base_path_and_the_connection(settings):
     hook = ModelStoreHook(base_path="/srv/models/")
     assert hook.model_dir("half_plus_two") == "/srv/models/half_plus_two"
     assert hook.version_dir("half_plus_two", 12) == "/srv/models/half_plus_two/12"
-    assert hook.uri("half_plus_two", 12) == "webhdfs://127.0.0.1:9870/srv/models/half_plus_two/12"
+    assert hook.uri("half_plus_two", 12) == f"webhdfs://127.0.0.1:{settings.webhdfs_port}/srv/models/half_plus_two/12"
     assert ModelStoreHook().version_dir("m", 1) == "/models/m/1"
 
 
 def test_bad_names_versions_and_settings_are_refused():
     hook = ModelStoreHook()
     for name in ("../etc", "a/b", "", "has space"):
-        with pytest.raises(InvalidName):
+        with pytest.raises(InvalidModelName):
             hook.model_dir(name)
     for version in (-1, True, "3", 1.0):
-        with pytest.raises(ValueError, match="non-negative int"):
+        with pytest.raises(ValueError, match="non-negative integer"):
             hook.version_dir("m", version)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="absolute"):
         ModelStoreHook(base_path="models")
-    with pytest.raises(ValueError, match="max_workers"):
-        ModelStoreHook(max_workers=0)
+    for workers in (0, 11):
+        with pytest.raises(ValueError, match="max_workers must be between 1 and 10"):
+            ModelStoreHook(max_workers=workers)
+    assert ModelStoreHook(max_workers=10).max_workers == 10

@@ -8,10 +8,10 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
-from tfdeploy.serving.errors import InvalidModelConfig
-from tfdeploy.serving.models_config import ServedModel, build_model_config, parse_text, served_models, to_text
+from tfdeploy.core.errors import InvalidModelConfig
+from tfdeploy.core.models_config import ServedModel, build_model_config, parse_text, served_models, to_text
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "tfserving-testdata"
+TESTDATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "tfserving-testdata"
 
 
 def one_line(text: str) -> str:

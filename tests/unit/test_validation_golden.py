@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tfdeploy.validation.golden import GoldenError, judge, load_golden, metric_value
+from tfdeploy.core.golden import GoldenError, judge, load_golden, metric_value
 
 
 def test_load_golden_and_its_errors(tmp_path):

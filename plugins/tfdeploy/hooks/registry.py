@@ -1,23 +1,192 @@
-"""RegistryHook: the model registry over HTTP, through an Airflow connection, so workers anywhere can use it.
+"""RegistryHook: the only way tasks reach the model registry, over HTTP through an Airflow connection.
 
-Connection (default `tfdeploy_registry`): conn_type http, host/port of the Airflow api-server (or a
-standalone registry), schema = path prefix (`registry`), password = the registry API token.
+Connection (default ``tfdeploy_registry``): conn_type http (or https), host/port of the Airflow api-server
+(or a standalone registry), schema = path prefix (``registry``), password = the registry API token.
+
+Every method is a few lines over one request helper (:meth:`RegistryHook._call`), like MLflow's RestStore:
+ - every request has a timeout (``connect_timeout`` to connect, ``timeout`` to answer);
+ - connection errors, timeouts and 502/503/504 answers are retried with exponential backoff (``max_attempts``
+   attempts, none started after ``max_elapsed`` seconds); when they run out, :class:`RegistryUnavailable`
+   says what was tried;
+ - any other error answer ``{"error": <class name>, "message": ...}`` is raised as that class of
+   :mod:`tfdeploy.core.errors` (unknown names: :class:`RegistryError`), never retried;
+ - results are typed (:class:`VersionRecord`, :class:`ModelRecord`, :class:`Lease`, :class:`HealthRecord`),
+   states are :class:`ModelState`.
+
+``context`` is the lineage dict of the run (``tfdeploy.lineage.run_context``: actor, interface, dagId, runId,
+taskId); writes record it in the registry's history.
+
+Retrying a write after a timeout or a 502/504 (not after a refused connection or the registry's own 503,
+which changed nothing) can repeat a write that did happen: registering the same version again is a no-op,
+a repeated transition answers IllegalTransition (or LostRace with ``expected``), so re-read before acting on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import requests
 from airflow.sdk.bases.hook import BaseHook
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, stop_before_delay
+from tenacity.wait import wait_exponential
 
-from tfdeploy.registry.errors import Conflict, InvalidName, InvalidRequest, LockHeld, LostRace, NotFound, RegistryError
+from tfdeploy.core import errors
+from tfdeploy.core.errors import NotFound, RegistryError, RegistryUnavailable
+from tfdeploy.core.states import ModelState
 
+# The API names the class of every error it answers with; map the name back (unknown names: RegistryError).
 _ERRORS: dict[str, type[RegistryError]] = {
-    cls.__name__: cls for cls in (NotFound, InvalidName, InvalidRequest, Conflict, LockHeld, LostRace)
+    name: obj for name, obj in vars(errors).items() if isinstance(obj, type) and issubclass(obj, RegistryError)
 }
-_ERRORS["IllegalTransition"] = Conflict
+RETRY_STATUS = frozenset({502, 503, 504})
+
+Context = Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- typed results
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    """The API's ISO 8601 UTC times (``...Z``) as aware datetimes."""
+    if not value:
+        return None
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A model version as the registry holds it."""
+
+    model: str
+    version: int
+    state: ModelState
+    hdfs_uri: str = ""
+    manifest_sha256: str = ""
+    source: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    validation_report: dict[str, Any] = field(default_factory=dict)
+    signatures: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    dag_id: str = ""
+    created_by: str = ""
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> VersionRecord:
+        return cls(
+            model=d["modelName"],
+            version=int(d["version"]),
+            state=ModelState(d["state"]),
+            hdfs_uri=d.get("hdfsUri") or "",
+            manifest_sha256=d.get("manifestSha256") or "",
+            source=d.get("source") or "",
+            metrics=d.get("metrics") or {},
+            validation_report=d.get("validationReport") or {},
+            signatures=d.get("signatures") or {},
+            run_id=d.get("runId") or "",
+            dag_id=d.get("dagId") or "",
+            created_by=d.get("createdBy") or "",
+            created_at=_time(d.get("createdAt")),
+            updated_at=_time(d.get("updatedAt")),
+        )
+
+
+class Deployment(NamedTuple):
+    """A label (``stable``, ``canary``) on a serving target pointing at a version."""
+
+    target: str
+    label: str
+    version: int
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds a model's deployment lock (the lease's token is only given to its holder)."""
+
+    holder: str
+    run_id: str
+    expires_at: dt.datetime | None
+    expired: bool
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model: the version in production, the canary, the newest, health, deployments and lock."""
+
+    model: str
+    production_version: int | None
+    canary_version: int | None = None
+    latest_version: int | None = None
+    health: str | None = None
+    deployments: tuple[Deployment, ...] = ()
+    lock: LockInfo | None = None
+    description: str = ""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ModelRecord:
+        lock = d.get("lock")
+        return cls(
+            model=d["modelName"],
+            production_version=d.get("version"),
+            canary_version=d.get("canaryVersion"),
+            latest_version=d.get("latestVersion"),
+            health=d.get("health"),
+            deployments=tuple(Deployment(x["target"], x["label"], int(x["version"])) for x in d.get("deployments", [])),
+            lock=LockInfo(lock["holder"], lock.get("runId") or "", _time(lock.get("expiresAt")), bool(lock["expired"]))
+            if lock
+            else None,
+            description=d.get("description") or "",
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held deployment lock: ``token`` renews and releases it; it lapses at ``expires_at``."""
+
+    model: str
+    token: str
+    holder: str
+    run_id: str
+    expires_at: dt.datetime
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Lease:
+        expires = _time(d["expiresAt"])
+        assert expires is not None
+        return cls(d["modelName"], d["token"], d["holder"], d.get("runId") or "", expires)
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    """One health check result of a version on a serving target."""
+
+    version: int
+    target: str
+    status: str
+    details: dict[str, Any]
+    at: dt.datetime | None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], details: dict[str, Any] | None = None) -> HealthRecord:
+        return cls(
+            int(d["version"]), d["target"], d["status"], d.get("details", details) or {}, _time(d.get("recordedAt"))
+        )
+
+
+class _Transient(Exception):
+    """An attempt that may succeed if repeated (connection error, timeout, 502/503/504)."""
+
+
+# --------------------------------------------------------------------------- the hook
 
 
 class RegistryHook(BaseHook):
@@ -26,71 +195,243 @@ class RegistryHook(BaseHook):
     conn_type = "http"
     hook_name = "tfdeploy model registry"
 
-    def __init__(self, registry_conn_id: str = default_conn_name, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        registry_conn_id: str = default_conn_name,
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        max_attempts: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_elapsed: float = 30.0,
+    ) -> None:
+        """``timeout``/``connect_timeout``: seconds per request; retries: at most ``max_attempts`` attempts,
+        waiting ``backoff`` * 2**n seconds (at most ``max_backoff``) between them, none started after
+        ``max_elapsed`` seconds (``max_attempts=1``: no retries)."""
         super().__init__()
         self.registry_conn_id = registry_conn_id
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_attempts = max(1, max_attempts)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_elapsed = max_elapsed
+
+    # ------------------------------------------------------------------ plumbing
+
+    @cached_property
+    def _connection(self) -> Any:
+        return self.get_connection(self.registry_conn_id)
 
     @cached_property
     def base_url(self) -> str:
-        conn = self.get_connection(self.registry_conn_id)
-        scheme = conn.conn_type if conn.conn_type in ("http", "https") else "http"
+        conn = self._connection
+        host = (conn.host or "").rstrip("/")
+        if "://" not in host:
+            scheme = conn.conn_type if conn.conn_type in ("http", "https") else "http"
+            host = f"{scheme}://{host}"
         port = f":{conn.port}" if conn.port else ""
-        prefix = f"/{conn.schema.strip('/')}" if conn.schema else ""
-        return f"{scheme}://{conn.host}{port}{prefix}"
+        prefix = f"/{conn.schema.strip('/')}" if conn.schema and conn.schema.strip("/") else ""
+        return f"{host}{port}{prefix}"
 
     @cached_property
     def session(self) -> requests.Session:
-        conn = self.get_connection(self.registry_conn_id)
         session = requests.Session()
-        session.trust_env = False
-        if conn.password:
-            session.headers["Authorization"] = f"Bearer {conn.password}"
+        session.trust_env = False  # no proxies from the environment for an internal service
+        session.headers["Accept"] = "application/json"
+        if self._connection.password:
+            session.headers["Authorization"] = f"Bearer {self._connection.password}"
         return session
 
     def get_conn(self) -> requests.Session:
         return self.session
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        resp = self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
+    def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None) -> Any:
+        """One request with retries; the decoded JSON answer (None if empty) or a typed error."""
+        url = f"{self.base_url}{path}"
+        started = time.monotonic()
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_elapsed),
+            wait=wait_exponential(multiplier=self.backoff, max=self.max_backoff),
+            retry=retry_if_exception_type(_Transient),
+            reraise=False,
+        )
+        try:
+            resp = retrying(self._send, method, url, params, body)
+        except RetryError as exc:
+            attempts = exc.last_attempt.attempt_number
+            raise RegistryUnavailable(
+                f"registry {method} {url}: no answer after {attempts} attempt(s) over "
+                f"{time.monotonic() - started:.1f}s (timeouts {self.connect_timeout}s to connect, {self.timeout}s to "
+                f"answer; retried on connection errors, timeouts and 502/503/504); last: {exc.last_attempt.exception()}"
+                f". Check that the registry ({self.registry_conn_id} connection) is up, then retry"
+            ) from exc.last_attempt.exception()
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {"message": resp.text[:500]}
-            error = _ERRORS.get(body.get("error", ""), RegistryError)
-            raise error(f"registry {method} {path} -> {resp.status_code}: {body.get('message', body)}")
+            raise self._error(method, url, resp)
         return resp.json() if resp.content else None
 
-    # Thin helpers for the pipeline's operators.
-    def register_version(self, model: str, **body: Any) -> dict:
-        return self.request("POST", f"/v1/models/{model}/versions", json=body)
+    def _send(self, method: str, url: str, params: Mapping[str, Any] | None, body: Any) -> requests.Response:
+        try:
+            resp = self.session.request(
+                method, url, params=params, json=body, timeout=(self.connect_timeout, self.timeout)
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        if resp.status_code in RETRY_STATUS:
+            raise _Transient(f"HTTP {resp.status_code}: {_message(resp)}")
+        return resp
 
-    def get_version(self, model: str, version: int) -> dict:
-        return self.request("GET", f"/v1/models/{model}/versions/{version}")
+    @staticmethod
+    def _error(method: str, url: str, resp: requests.Response) -> RegistryError:
+        name = ""
+        with contextlib.suppress(ValueError, AttributeError):  # not JSON, or not an object
+            name = str(resp.json().get("error") or "")
+        cls = _ERRORS.get(name, RegistryError)
+        error = cls(f"registry {method} {url} -> {resp.status_code}: {_message(resp)}")
+        if cls is RegistryError:
+            error.status_code = resp.status_code
+        return error
 
-    def get_model(self, model: str) -> dict:
-        return self.request("GET", f"/v1/models/{model}")
+    @staticmethod
+    def _path(*segments: Any) -> str:
+        return "/v1/models/" + "/".join(quote(str(s), safe="") for s in segments)
 
-    def transition(self, model: str, version: int, to_state: str, **body: Any) -> dict:
-        return self.request(
-            "POST", f"/v1/models/{model}/versions/{version}/transitions", json={"toState": to_state, **body}
+    # ------------------------------------------------------------------ models and versions
+
+    def get_model(self, model: str) -> ModelRecord:
+        return ModelRecord.from_json(self._call("GET", self._path(model)))
+
+    def production_version(self, model: str) -> int | None:
+        """The version in production, or None when there is none or the model is unknown."""
+        try:
+            return self.get_model(model).production_version
+        except NotFound:
+            return None
+
+    def register_version(
+        self,
+        model: str,
+        *,
+        version: int | None,
+        hdfs_uri: str,
+        manifest_sha256: str,
+        source: str = "",
+        reason: str = "",
+        context: Context,
+    ) -> VersionRecord:
+        """Register a version (``None``: the next free number); the same content again is a no-op."""
+        body = {
+            "version": version,
+            "hdfsUri": hdfs_uri,
+            "manifestSha256": manifest_sha256,
+            "source": source,
+            "reason": reason,
+            "context": dict(context),
+        }
+        return VersionRecord.from_json(self._call("POST", self._path(model, "versions"), body=body))
+
+    def get_version(self, model: str, version: int) -> VersionRecord:
+        return VersionRecord.from_json(self._call("GET", self._path(model, "versions", version)))
+
+    def update_report(
+        self,
+        model: str,
+        version: int,
+        *,
+        metrics: dict[str, Any] | None = None,
+        validation_report: dict[str, Any] | None = None,
+        signatures: dict[str, Any] | None = None,
+        context: Context,
+    ) -> VersionRecord:
+        """Attach validation results (only while the version is registered); None leaves a field unchanged."""
+        fields = {"metrics": metrics, "validationReport": validation_report, "signatures": signatures}
+        body = {k: v for k, v in fields.items() if v is not None} | {"context": dict(context)}
+        return VersionRecord.from_json(self._call("PATCH", self._path(model, "versions", version, "report"), body=body))
+
+    def transition(
+        self,
+        model: str,
+        version: int,
+        to: ModelState | str,
+        *,
+        reason: str = "",
+        expected: ModelState | str | None = None,
+        details: dict[str, Any] | None = None,
+        context: Context,
+    ) -> VersionRecord:
+        """Move a version to ``to``; with ``expected`` only if it is still in that state (else LostRace)."""
+        body = {
+            "toState": ModelState(to).value,
+            "reason": reason,
+            "expectedState": None if expected is None else ModelState(expected).value,
+            "details": details or {},
+            "context": dict(context),
+        }
+        return VersionRecord.from_json(
+            self._call("POST", self._path(model, "versions", version, "transitions"), body=body)
         )
 
-    def record_health(self, model: str, **body: Any) -> dict:
-        return self.request("POST", f"/v1/models/{model}/health", json=body)
+    # ------------------------------------------------------------------ deployments and health
 
-    def set_deployment(self, model: str, target: str, label: str, version: int, **body: Any) -> dict:
-        return self.request(
-            "PUT", f"/v1/models/{model}/deployments/{target}/{label}", json={"version": version, **body}
-        )
+    def set_deployment(
+        self, model: str, target: str, label: str, version: int, *, reason: str = "", context: Context
+    ) -> int | None:
+        """Point ``label`` on ``target`` at ``version``; returns the version it pointed at before (or None)."""
+        body = {"version": version, "reason": reason, "context": dict(context)}
+        return self._call("PUT", self._path(model, "deployments", target, label), body=body).get("previousVersion")
 
-    def acquire_lock(self, model: str, holder: str, run_id: str, ttl_seconds: float, **body: Any) -> dict:
-        return self.request(
-            "POST",
-            f"/v1/models/{model}/lock",
-            json={"holder": holder, "runId": run_id, "ttlSeconds": ttl_seconds, **body},
-        )
+    def clear_deployment(self, model: str, target: str, label: str, *, reason: str = "", context: Context) -> None:
+        """Remove ``label`` from ``target`` (no-op if absent). DELETE has no body: the lineage goes as query."""
+        self._call("DELETE", self._path(model, "deployments", target, label), params=_query(context, reason=reason))
 
-    def release_lock(self, model: str, token: str) -> None:
-        self.request("DELETE", f"/v1/models/{model}/lock", params={"token": token})
+    def record_health(
+        self,
+        model: str,
+        *,
+        version: int,
+        target: str,
+        status: str,
+        details: dict[str, Any] | None = None,
+        context: Context,
+    ) -> HealthRecord:
+        body = {"version": version, "target": target, "status": status, "details": details or {}}
+        out = self._call("POST", self._path(model, "health"), body=body | {"context": dict(context)})
+        return HealthRecord.from_json(out, details=details)
+
+    def latest_health(self, model: str, *, limit: int = 1) -> list[HealthRecord]:
+        """The newest health records first."""
+        out = self._call("GET", self._path(model, "health"), params={"limit": limit})
+        return [HealthRecord.from_json(r) for r in out["records"]]
+
+    # ------------------------------------------------------------------ deployment lock (a lease)
+
+    def acquire_lock(self, model: str, *, holder: str, run_id: str, ttl_seconds: float, context: Context) -> Lease:
+        """Take the model's deployment lock (LockHeld while another run holds it); the same run again extends it."""
+        body = {"holder": holder, "runId": run_id, "ttlSeconds": ttl_seconds, "context": dict(context)}
+        return Lease.from_json(self._call("POST", self._path(model, "lock"), body=body))
+
+    def renew_lock(self, model: str, token: str, *, ttl_seconds: float) -> Lease:
+        """Extend the lease (Conflict if it lapsed and another run took the lock)."""
+        body = {"token": token, "ttlSeconds": ttl_seconds}
+        return Lease.from_json(self._call("POST", self._path(model, "lock", "renew"), body=body))
+
+    def release_lock(self, model: str, token: str, *, context: Context | None = None) -> None:
+        """Release the lock (no-op if nobody holds it; Conflict if another token holds it)."""
+        self._call("DELETE", self._path(model, "lock"), params={"token": token} | _query(context or {}))
+
+
+def _query(context: Context, **extra: str) -> dict[str, str]:
+    """The lineage as query parameters, for DELETE requests (no body)."""
+    keys = ("actor", "interface", "dagId", "runId", "taskId")
+    return {k: str(context[k]) for k in keys if context.get(k)} | {k: v for k, v in extra.items() if v}
+
+
+def _message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:500] or resp.reason or ""
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("detail") or body)
+    return str(body)[:500]

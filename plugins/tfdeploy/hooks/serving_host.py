@@ -5,86 +5,108 @@ at ``/models`` in the server container, so the Docker daemon must run on this sa
 (:meth:`ServingHostHook.check_shared_disk`). Layout::
 
     model_root/models.config          the server's --model_config_file (written atomically)
+    model_root/.config.lock           serializes config changes on this host (config_lock())
     model_root/<model>/<version>/     SavedModel versions (staged atomically: temp dir, then rename)
 
 The container runs the serving image (``tensorflow/serving`` in production) with ``--model_config_file``; it
 is a long-running server, so it is managed with the Docker SDK (create, compare, replace, stop), not with
-``DockerOperator``, which runs a container to its exit. The engine is reached through the Docker provider's
-``DockerHook`` (its connection, if given, is a registry login used when the image has to be pulled).
+``DockerOperator``, which runs a container to its exit.
+
+Connection (default ``serving_host_local``): ``host`` is the Docker engine's base URL
+(``unix:///var/run/docker.sock``, ``tcp://host:2376``); ``extra`` may hold ``tls_verify`` (bool) and the
+paths ``tls_ca_cert``, ``tls_client_cert``, ``tls_client_key``. The Docker provider's own Connection
+(``docker_conn_id``) is only a registry login, used when an image has to be pulled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
 import os
-import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import docker
-import requests
-from airflow.providers.docker.hooks.docker import DockerHook
 from airflow.sdk.bases.hook import BaseHook
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.models.containers import Container
 
-from tfdeploy.registry.errors import InvalidName
-from tfdeploy.registry.names import validate_model_name
-from tfdeploy.serving.errors import ServerNotFound, ServerStartError, SharedDiskRequired, StagingConflict
-from tfdeploy.settings import get_settings
+from tfdeploy.core.errors import (
+    ChecksumMismatch,
+    ServerNotFound,
+    ServerStartError,
+    SharedDiskRequired,
+    StagingConflict,
+)
+from tfdeploy.core.manifest import MANIFEST_NAME, build_manifest, parse_manifest, verify_tree
+from tfdeploy.core.models_config import ServedModel, parse_text, served_models, to_text
+from tfdeploy.core.names import check_version, parse_version_dir, validate_model_name
+
+if TYPE_CHECKING:
+    import docker
+    from airflow.providers.docker.hooks.docker import DockerHook
+    from docker.models.containers import Container
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 CONTAINER_ROOT = "/models"
 CONFIG_NAME = "models.config"
-MANIFEST_NAME = "tfdeploy_manifest.json"
+LOCK_NAME = ".config.lock"
 GRPC_PORT = 8500  # inside the container, as in tensorflow/serving
 REST_PORT = 8501
 LABEL_MANAGED = "tfdeploy.serving.managed"
 LABEL_SPEC_HASH = "tfdeploy.serving.spec-hash"
 LABEL_MODEL_ROOT = "tfdeploy.serving.model-root"
-_NUMERIC = re.compile(r"[+-]?[0-9]+")
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """A running server container and where to reach it from this machine."""
+    """A running server container."""
 
     container_id: str
     name: str
     image: str
     created: bool  # True: (re)created by this call; False: an identical running container was reused
-    grpc_target: str  # host:port for TFServingHook(grpc_target=...)
-    rest_url: str  # http://host:port for TFServingHook(rest_url=...)
 
 
 class ServingHostHook(BaseHook):
-    """A serving host: ``model_root`` on this machine, and server containers on the Docker engine at ``base_url``.
+    """A serving host: ``model_root`` on this machine, and server containers on its Docker engine.
 
-    ``base_url`` defaults to ``DOCKER_HOST`` (else ``unix:///var/run/docker.sock``); ``docker_conn_id`` is the
-    Docker provider's connection, a registry login used only to pull an image missing from the engine.
+    :param serving_host_conn_id: Connection with the Docker engine's base URL (``host``) and TLS settings
+        (``extra``); ``None`` uses ``base_url`` alone.
+    :param model_root: the host directory bind-mounted at ``/models`` in the server containers.
+    :param base_url: overrides the Connection's Docker base URL.
+    :param docker_conn_id: the Docker provider's Connection: a registry login, used only to pull an image
+        missing from the engine.
+    :param docker_timeout: seconds for each Docker API call.
     """
 
+    conn_name_attr = "serving_host_conn_id"
+    default_conn_name = "serving_host_local"
+    conn_type = "tfdeploy_serving_host"
     hook_name = "TensorFlow Serving host (Docker)"
 
     def __init__(
         self,
+        serving_host_conn_id: str | None = default_conn_name,
         *,
-        model_root: str,
+        model_root: str | os.PathLike[str],
         base_url: str | None = None,
         docker_conn_id: str | None = None,
         docker_timeout: int = 60,
     ) -> None:
         super().__init__()
-        self.base_url = base_url or get_settings().docker_host
+        if not base_url and not serving_host_conn_id:
+            raise ValueError("give serving_host_conn_id (a Connection naming the Docker engine) or base_url")
+        self.serving_host_conn_id = serving_host_conn_id
+        self._base_url = base_url
         self.model_root = Path(model_root).expanduser().resolve()
         self.docker_conn_id = docker_conn_id
         self.docker_timeout = docker_timeout
@@ -92,12 +114,53 @@ class ServingHostHook(BaseHook):
     # ------------------------------------------------------------------ clients, built lazily
 
     @cached_property
+    def _extra(self) -> dict[str, Any]:
+        if not self.serving_host_conn_id:
+            return {}
+        return dict(self.get_connection(self.serving_host_conn_id).extra_dejson)
+
+    @cached_property
+    def base_url(self) -> str:
+        """The Docker engine's URL: ``base_url`` if given, else the Connection's host."""
+        if self._base_url:
+            return self._base_url
+        assert self.serving_host_conn_id is not None
+        host = self.get_connection(self.serving_host_conn_id).host
+        if not host:
+            raise ValueError(
+                f"Connection {self.serving_host_conn_id!r} has no host: set it to the Docker engine's URL, "
+                "e.g. unix:///var/run/docker.sock"
+            )
+        return str(host)
+
+    @cached_property
+    def tls(self) -> Any:
+        """A ``docker.tls.TLSConfig`` from the Connection's extra, or None for a plain socket."""
+        extra = self._extra
+        if not any(extra.get(k) for k in ("tls_ca_cert", "tls_client_cert", "tls_client_key", "tls_verify")):
+            return None
+        from docker.tls import TLSConfig
+
+        cert = extra.get("tls_client_cert"), extra.get("tls_client_key")
+        return TLSConfig(
+            client_cert=cert if all(cert) else None,
+            ca_cert=extra.get("tls_ca_cert") or None,
+            verify=extra.get("tls_ca_cert") or bool(extra.get("tls_verify")),
+        )
+
+    @cached_property
     def docker_hook(self) -> DockerHook:
-        return DockerHook(docker_conn_id=self.docker_conn_id, base_url=self.base_url, timeout=self.docker_timeout)
+        from airflow.providers.docker.hooks.docker import DockerHook
+
+        return DockerHook(
+            docker_conn_id=self.docker_conn_id, base_url=self.base_url, tls=self.tls, timeout=self.docker_timeout
+        )
 
     @cached_property
     def docker_client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.base_url, timeout=self.docker_timeout)
+        import docker
+
+        return docker.DockerClient(base_url=self.base_url, tls=self.tls or False, timeout=self.docker_timeout)
 
     def get_conn(self) -> docker.DockerClient:
         return self.docker_client
@@ -139,43 +202,63 @@ class ServingHostHook(BaseHook):
 
     def container_base_path(self, model: str) -> str:
         """``base_path`` of ``model`` as the server container sees it (for models.config)."""
-        return f"{CONTAINER_ROOT}/{_model_name(model)}"
+        return f"{CONTAINER_ROOT}/{validate_model_name(model)}"
+
+    def model_dir(self, model: str) -> Path:
+        """Host directory of a model's versions: ``model_root/<model>``."""
+        return self.model_root / validate_model_name(model)
 
     def version_dir(self, model: str, version: int) -> Path:
         """Host directory of a staged version: ``model_root/<model>/<version>``."""
-        return self.model_root / _model_name(model) / str(_version(version))
+        return self.model_dir(model) / str(check_version(version))
 
     def stage_version(self, src_dir: str | os.PathLike[str], model: str, version: int) -> str:
-        """Copy the SavedModel in ``src_dir`` to ``model_root/<model>/<version>`` atomically.
+        """Copy the SavedModel in ``src_dir`` to ``model_root/<model>/<version>`` atomically, verified.
 
-        The copy goes to a non-numeric temp directory (which TF Serving ignores) and is renamed into place,
-        so the server never sees a half-written version. If the version is already staged with the same
-        content (same ``tfdeploy_manifest.json`` if both have one, else same files, sizes and SHA-256) this is
-        a no-op; different content raises :class:`StagingConflict` (a served version is never overwritten).
-        Returns the model's base path in the container (``/models/<model>``).
+        The copy goes to a non-numeric temp directory (which TF Serving ignores), is verified file by file
+        (size and sha256) against the source's manifest (its ``tfdeploy_manifest.json`` when it has one,
+        else one built from the source), and only then renamed into place, so the server never sees a
+        half-written or corrupt version; a mismatch raises :class:`ChecksumMismatch` naming the file and
+        nothing is staged. A version already staged with the same content is a no-op; different content
+        raises :class:`StagingConflict`. Returns the model's base path in the container (``/models/<model>``).
+
+        (The pipeline stages from HDFS with ``ModelStoreHook.fetch`` straight into :meth:`model_dir`; this is
+        for a SavedModel already on this machine.)
         """
         self.check_shared_disk()
         src = Path(src_dir)
         if not src.is_dir():
             raise FileNotFoundError(f"cannot stage {src}: not a directory (expected a SavedModel version directory)")
+        manifest = _manifest_of(src)
         dest = self.version_dir(model, version)
         model_dir = dest.parent
         model_dir.mkdir(parents=True, exist_ok=True)
         self._check_aliases(model_dir, version)
         if dest.exists():
-            self._check_same(src, dest, model, version)
+            self._check_same(manifest, dest, model, version)
             self.log.info("version %s of %s already staged at %s with the same content", version, model, dest)
             return self.container_base_path(model)
         tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex}"
         try:
             shutil.copytree(src, tmp, copy_function=_copy_synced)
+            problems = verify_tree(manifest, tmp)
+            if problems:
+                raise ChecksumMismatch(
+                    f"staging {model} v{version} from {src}: {problems[0]}"
+                    + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                    + "; nothing was staged. Check the source and stage again.",
+                    path=problems[0].path,
+                )
             _fsync_dir(tmp)
             os.rename(tmp, dest)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if dest.exists():  # another task staged it meanwhile: fine if identical
-                self._check_same(src, dest, model, version)
+                self._check_same(manifest, dest, model, version)
                 return self.container_base_path(model)
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync_dir(model_dir)
         self.log.info("staged version %s of %s at %s", version, model, dest)
@@ -195,16 +278,39 @@ class ServingHostHook(BaseHook):
         shutil.rmtree(trash)
         self.log.info("removed staged version %s of %s (%s)", version, model, dest)
 
-    def write_config(self, text: str) -> str:
+    # ------------------------------------------------------------------ models.config
+
+    @property
+    def config_path(self) -> Path:
+        return self.model_root / CONFIG_NAME
+
+    @contextlib.contextmanager
+    def config_lock(self) -> Iterator[None]:
+        """Hold ``model_root/.config.lock`` exclusively: config changes on this host never interleave."""
+        self.model_root.mkdir(parents=True, exist_ok=True)
+        with open(self.model_root / LOCK_NAME, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def read_config(self) -> list[ServedModel]:
+        """The models ``models.config`` serves now (``[]`` if there is no file yet)."""
+        try:
+            text = self.config_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return served_models(parse_text(text))
+
+    def write_config(self, config: ModelServerConfig) -> str:
         """Write ``model_root/models.config`` atomically (temp file, fsync, rename); returns its container path.
 
-        ``text`` is checked to parse as a ``ModelServerConfig`` first: TF Serving only logs a bad config file.
+        ``config`` is a ``ModelServerConfig`` (``models_config.build_model_config`` validates it), so the file
+        is always one TF Serving parses.
         """
-        from tfdeploy.serving.models_config import parse_text
-
-        parse_text(text)
+        text = to_text(config)
         self.model_root.mkdir(parents=True, exist_ok=True)
-        target = self.model_root / CONFIG_NAME
         tmp = self.model_root / f".{CONFIG_NAME}.tmp-{uuid.uuid4().hex}"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
@@ -212,7 +318,7 @@ class ServingHostHook(BaseHook):
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
+            os.replace(tmp, self.config_path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -222,24 +328,18 @@ class ServingHostHook(BaseHook):
     def _check_aliases(self, model_dir: Path, version: int) -> None:
         # TF Serving reads '007' as version 7: another spelling of the same number would be a second copy.
         for child in model_dir.iterdir():
-            if child.name != str(version) and _parse_version(child.name) == version:
+            if child.name != str(version) and parse_version_dir(child.name) == version:
                 raise StagingConflict(
                     f"{child} is already version {version} of {model_dir.name} for TF Serving (it reads directory "
                     f"names as integers); remove it before staging {version} as {model_dir / str(version)}"
                 )
 
-    def _check_same(self, src: Path, dest: Path, model: str, version: int) -> None:
-        src_manifest, dest_manifest = src / MANIFEST_NAME, dest / MANIFEST_NAME
-        if src_manifest.is_file() and dest_manifest.is_file():
-            same = _read_manifest(src_manifest) == _read_manifest(dest_manifest)
-            how = f"their {MANIFEST_NAME} differ"
-        else:
-            same = _same_tree(src, dest)
-            how = "their files (names, sizes or SHA-256) differ"
-        if not same:
+    def _check_same(self, manifest: dict[str, Any], dest: Path, model: str, version: int) -> None:
+        problems = verify_tree(manifest, dest)
+        if problems:
             raise StagingConflict(
-                f"version {version} of model {model!r} is already staged at {dest} with different content than "
-                f"{src} ({how}). A version number names one immutable model: register the new model as a new "
+                f"version {version} of model {model!r} is already staged at {dest} with different content "
+                f"({problems[0]}). A version number names one immutable model: register the new model as a new "
                 "version, or remove the staged one (after unloading it) if it is known to be wrong."
             )
 
@@ -264,8 +364,9 @@ class ServingHostHook(BaseHook):
         with a config whose models all have an AVAILABLE version. Raises :class:`ServerStartError` with the
         container's last log lines if it exits or does not answer within ``start_timeout_s``.
         """
-        self.check_shared_disk()
-        config_path = self.model_root / CONFIG_NAME
+        from docker.errors import APIError, DockerException
+
+        config_path = self.config_path
         if not config_path.is_file():
             raise ServerStartError(
                 f"no {config_path}: call write_config() with at least one staged model before ensure_server()"
@@ -276,7 +377,9 @@ class ServingHostHook(BaseHook):
             f"--model_config_file={CONTAINER_ROOT}/{CONFIG_NAME}",
             "--model_config_file_poll_wait_seconds=0",
             f"--file_system_poll_wait_seconds={int(poll_seconds)}",
-            "--allow_version_labels_for_unavailable_models=false",
+            # labels in models.config are assigned before versions load at start-up (ServerCore::ReloadConfig):
+            # the flag lets a restarted container come back with the file's labels
+            "--allow_version_labels_for_unavailable_models=true",
             *extra_args,
         ]
         ports = {f"{GRPC_PORT}/tcp": ("127.0.0.1", int(grpc_port)), f"{REST_PORT}/tcp": ("127.0.0.1", int(rest_port))}
@@ -284,7 +387,7 @@ class ServingHostHook(BaseHook):
         spec = {"image_id": image_id, "args": args, "ports": ports, "mount": mount, "restart": "unless-stopped"}
         spec_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         rest_url = f"http://127.0.0.1:{int(rest_port)}"
-        info = dict(name=name, image=image, grpc_target=f"127.0.0.1:{int(grpc_port)}", rest_url=rest_url)
+        info = {"name": name, "image": image}
 
         existing = self._find(name)
         if existing is not None:
@@ -334,6 +437,8 @@ class ServingHostHook(BaseHook):
 
     def stop_server(self, name: str, *, timeout: int = 30) -> None:
         """Stop and remove container ``name`` (no-op if there is none)."""
+        from docker.errors import NotFound
+
         container = self._find(name)
         if container is None:
             return
@@ -351,12 +456,16 @@ class ServingHostHook(BaseHook):
         return _logs(container, tail)
 
     def _find(self, name: str) -> Container | None:
+        from docker.errors import NotFound
+
         try:
             return self.docker_client.containers.get(name)
         except NotFound:
             return None
 
     def _image_id(self, image: str) -> str:
+        from docker.errors import ImageNotFound
+
         try:
             return str(self.docker_client.images.get(image).id)
         except ImageNotFound:
@@ -373,6 +482,9 @@ class ServingHostHook(BaseHook):
             ) from exc
 
     def _wait_ready(self, container: Container, rest_url: str, timeout_s: float) -> None:
+        import requests
+        from docker.errors import DockerException
+
         # A published port accepts TCP before the server listens (docker-proxy), and TF Serving opens its
         # ports only once every model is AVAILABLE: ready = an HTTP answer, any status.
         deadline = time.monotonic() + timeout_s
@@ -416,22 +528,12 @@ class ServingHostHook(BaseHook):
 # --------------------------------------------------------------------------- helpers
 
 
-def _model_name(model: str) -> str:
-    try:
-        return validate_model_name(model)
-    except InvalidName as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _version(version: int) -> int:
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise ValueError(f"version {version!r} is not a version number (a non-negative integer)")
-    return version
-
-
-def _parse_version(name: str) -> int | None:
-    # As TF Serving's file-system source: a child whose name parses as int64 is a version.
-    return int(name) if _NUMERIC.fullmatch(name) else None
+def _manifest_of(src: Path) -> dict[str, Any]:
+    """The manifest a local SavedModel directory is checked against: its own, or one built from it."""
+    own = src / MANIFEST_NAME
+    if own.is_file():
+        return parse_manifest(own.read_bytes(), where=str(own))
+    return build_manifest(src)
 
 
 def _is_loopback_ip(host: str) -> bool:
@@ -456,42 +558,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _read_manifest(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return path.read_bytes()  # not JSON: compare bytes
-
-
-def _same_tree(a: Path, b: Path) -> bool:
-    """Same relative paths, file sizes and SHA-256 (hashes computed only when the listings match)."""
-    listing_a, listing_b = _listing(a), _listing(b)
-    if listing_a != listing_b:
-        return False
-    return all(size is None or _sha256(a / rel) == _sha256(b / rel) for rel, size in listing_a.items())
-
-
-def _listing(root: Path) -> dict[str, int | None]:
-    """relative path -> size for files, None for directories."""
-    out: dict[str, int | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        base = Path(dirpath)
-        for d in dirnames:
-            out[str((base / d).relative_to(root))] = None
-        for f in filenames:
-            out[str((base / f).relative_to(root))] = (base / f).stat().st_size
-    return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _logs(container: Container, tail: int) -> str:
+    from docker.errors import DockerException
+
     try:
         return bytes(container.logs(tail=tail)).decode(errors="replace")
     except DockerException as exc:

@@ -20,7 +20,7 @@ import grpc
 import requests
 from airflow.sdk.bases.hook import BaseHook
 
-from tfdeploy.serving.errors import (
+from tfdeploy.core.errors import (
     ServingReloadError,
     ServingRequestError,
     ServingRpcError,
@@ -37,18 +37,68 @@ END = "END"
 
 
 class TFServingHook(BaseHook):
-    """A TF Serving server at ``grpc_target`` (``host:port``, gRPC) and ``rest_url`` (``http://host:port``).
+    """One TF Serving server: gRPC ``ModelService``/``PredictionService`` and the REST API.
 
-    ``timeout`` (seconds) bounds each gRPC call and HTTP request unless a method says otherwise.
+    :param tfserving_conn_id: Connection of the server: ``host``, ``port`` (the REST port) and
+        ``extra.grpc_port``; ``None`` uses ``grpc_target`` and ``rest_url`` alone.
+    :param grpc_target: ``host:port`` of the gRPC API; overrides the Connection.
+    :param rest_url: ``http://host:port`` of the REST API; overrides the Connection.
+    :param timeout: seconds bounding each gRPC call and HTTP request unless a method says otherwise.
     """
 
+    conn_name_attr = "tfserving_conn_id"
+    default_conn_name = "tfserving_local"
+    conn_type = "tfserving"
     hook_name = "TensorFlow Serving"
 
-    def __init__(self, *, grpc_target: str, rest_url: str, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        tfserving_conn_id: str | None = default_conn_name,
+        *,
+        grpc_target: str | None = None,
+        rest_url: str | None = None,
+        timeout: float = 30,
+    ) -> None:
         super().__init__()
-        self.grpc_target = grpc_target
-        self.rest_url = rest_url.rstrip("/")
+        if not tfserving_conn_id and not (grpc_target and rest_url):
+            raise ValueError("give tfserving_conn_id (a Connection) or both grpc_target and rest_url")
+        self.tfserving_conn_id = tfserving_conn_id
+        self._grpc_target = grpc_target
+        self._rest_url = rest_url
         self.timeout = timeout
+
+    @cached_property
+    def _address(self) -> tuple[str, int, int]:
+        """(host, REST port, gRPC port) from the Connection."""
+        assert self.tfserving_conn_id is not None
+        conn = self.get_connection(self.tfserving_conn_id)
+        grpc_port = conn.extra_dejson.get("grpc_port")
+        if not conn.host or not conn.port or not grpc_port:
+            raise ValueError(
+                f"Connection {self.tfserving_conn_id!r} needs host, port (the REST port) and extra.grpc_port; "
+                f"has host={conn.host!r} port={conn.port!r} grpc_port={grpc_port!r}"
+            )
+        return str(conn.host), int(conn.port), int(grpc_port)
+
+    @cached_property
+    def grpc_target(self) -> str:
+        if self._grpc_target:
+            return self._grpc_target
+        host, _rest, grpc_port = self._address
+        return f"{host}:{grpc_port}"
+
+    @cached_property
+    def rest_url(self) -> str:
+        if self._rest_url:
+            return self._rest_url.rstrip("/")
+        host, rest_port, _grpc = self._address
+        return f"http://{host}:{rest_port}"
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """(gRPC port, REST port) of the server, from the Connection (where a container publishes them)."""
+        _host, rest_port, grpc_port = self._address
+        return grpc_port, rest_port
 
     # ------------------------------------------------------------------ clients, built lazily
 

@@ -1,9 +1,11 @@
 """Export: a SavedModel (or a .keras file, exported with a serving signature first) published to HDFS at
-`<base>/<model>/<version>/` atomically, with a manifest of every file's size and sha256.
+``<base>/<model>/<version>/`` atomically, with a manifest of every file's size and sha256.
 
+It also decides, before anything changes, what this run is: the content's digest finds the version that
+already holds it (if any), and the registry's state of that version says whether to release it, do
+nothing (already in production), or refuse (superseded, rejected, archived: with the reason).
 Same version and content again: a no-op. Same version, different content: an error (never overwritten).
-Without a version, content already published is found again (so a retry does not mint a new version),
-else the next free integer is taken. An Asset event tells other DAGs a model version was published."""
+An Asset event tells other DAGs a model version was published."""
 
 from __future__ import annotations
 
@@ -12,17 +14,34 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowFailException
 
-from tfdeploy.hooks.model_store import ModelStoreHook, build_manifest, encode_manifest, manifest_sha256
-from tfdeploy.operators.base import DeployStep
+from tfdeploy.core.errors import NotFound
+from tfdeploy.core.manifest import build_manifest, encode_manifest, manifest_sha256
+from tfdeploy.core.states import ReleaseAction, plan_release
+from tfdeploy.hooks.model_store import ModelStoreHook
+from tfdeploy.operators.base import DeployStep, typed
 
 MODEL_STORE = Asset("tfdeploy://model-store", extra={"what": "model versions published to HDFS"})
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 
 
 class ExportModelOperator(DeployStep):
+    """Publishes a trained model to the HDFS model store as an immutable version, and plans the release.
+
+    :param source: a SavedModel directory, a ``.keras`` file, or ``webhdfs:///path`` of a SavedModel on HDFS.
+    :param version: the version to publish as; None: the version that already holds this content, else the
+        next free one.
+    :param golden_path: golden examples JSON; its first rows become TF Serving's warmup requests.
+    :param write_warmup: write ``assets.extra/tf_serving_warmup_requests`` (needs ``golden_path``).
+    :param warmup_records: how many golden rows to replay at load.
+    :param base_path: the model store's root on HDFS.
+    :param webhdfs_conn_id: the HDFS provider's Connection.
+    """
+
     template_fields = (*DeployStep.template_fields, "source", "version", "golden_path")
 
     def __init__(
@@ -41,6 +60,8 @@ class ExportModelOperator(DeployStep):
         super().__init__(**kwargs)
         if not source:
             raise ValueError(f"{self.task_id}: source is required (a SavedModel directory or a .keras file)")
+        if warmup_records < 1:
+            raise ValueError(f"{self.task_id}: warmup_records must be at least 1, got {warmup_records}")
         self.source = source
         self.version = version
         self.golden_path = golden_path
@@ -51,16 +72,27 @@ class ExportModelOperator(DeployStep):
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
+        version = typed(self.version, int, "version", optional=True)
+        if version is not None and version < 1:
+            raise AirflowFailException(f"version must be a positive integer or empty, got {version}")
         store = ModelStoreHook(self.webhdfs_conn_id, base_path=self.base_path)
-        version = _version(self.version)
         with tempfile.TemporaryDirectory(prefix=f"export-{model}-") as tmp:
             local = self._saved_model(Path(tmp), store)
             if self.write_warmup and self.golden_path:
                 self._warmup(local)
-            digest = manifest_sha256(encode_manifest(build_manifest(local)))
+            manifest = build_manifest(local, max_workers=store.max_workers)
+            digest = manifest_sha256(encode_manifest(manifest))
             if version is None:
-                version = self._same_content(store, model, digest) or store.next_version(model)
-            result = store.publish(str(local), model, version)
+                version = store.find_version(model, digest)
+                if version is not None:
+                    self.log.info("this content is already published as v%s: reusing it", version)
+                else:
+                    version = store.next_version(model)
+            action, reason = plan_release(model, version, self._state(model, version))
+            self.log.info("release plan: %s (%s)", action.value, reason)
+            if action == ReleaseAction.REFUSE:
+                raise AirflowFailException(f"release refused, nothing changed: {reason}")
+            result = store.publish(str(local), model, version, manifest=manifest)
         self.log.info(
             "%s %s v%s at %s (%d files, %d bytes, manifest %s)",
             "Published" if result.created else "Already had",
@@ -79,18 +111,24 @@ class ExportModelOperator(DeployStep):
             "manifest_sha256": result.manifest_sha256,
             "source": self.source,
             "created": result.created,
+            "action": action.value,
+            "reason": reason,
         }
 
     # ------------------------------------------------------------------------------------------------
+
+    def _state(self, model: str, version: int) -> Any:
+        try:
+            return self.registry.get_version(model, version).state
+        except NotFound:
+            return None
 
     def _saved_model(self, tmp: Path, store: ModelStoreHook) -> Path:
         """A local SavedModel directory we may add files to (the source is never modified)."""
         out = tmp / "saved_model"
         src = self.source
         if src.startswith(("webhdfs://", "hdfs://")):
-            from urllib.parse import urlsplit
-
-            store.client.download(urlsplit(src).path, str(tmp / "download"), n_threads=4)
+            store.download_tree(urlsplit(src).path, tmp / "download")
             found = next((p.parent for p in (tmp / "download").rglob("saved_model.pb")), None)
             if found is None:
                 raise FileNotFoundError(f"no saved_model.pb under {src} on HDFS")
@@ -109,16 +147,6 @@ class ExportModelOperator(DeployStep):
             )
         shutil.copytree(path, out)
         return out
-
-    def _same_content(self, store: ModelStoreHook, model: str, digest: str) -> int | None:
-        for existing in reversed(store.versions(model)):
-            try:
-                if manifest_sha256(encode_manifest(store.read_manifest(model, existing))) == digest:
-                    self.log.info("content already published as v%s (a retry?): reusing it", existing)
-                    return existing
-            except Exception:  # noqa: BLE001 - a version without a readable manifest is simply not a match
-                continue
-        return None
 
     def _warmup(self, saved_model: Path) -> None:
         """TF Serving replays assets.extra/tf_serving_warmup_requests at load: the first golden rows."""
@@ -144,15 +172,3 @@ class ExportModelOperator(DeployStep):
                     request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
                 log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
                 writer.write(log.SerializeToString())
-
-
-def _version(value: Any) -> int | None:
-    if value in (None, "", "None"):
-        return None
-    try:
-        version = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"version must be a positive integer or empty, got {value!r}") from None
-    if version < 1:
-        raise ValueError(f"version must be a positive integer or empty, got {version}")
-    return version

@@ -8,14 +8,24 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from tfdeploy.core.errors import LockHeld, NotFound
+from tfdeploy.core.names import validate_model_name
 from tfdeploy.hooks.registry import RegistryHook
 from tfdeploy.lineage import run_context
 from tfdeploy.operators.base import DeployStep
-from tfdeploy.registry.errors import LockHeld
-from tfdeploy.registry.names import validate_model_name
 
 
 class DeploymentLockSensor(BaseSensorOperator):
+    """Waits until this run holds the model's deployment lease in the registry.
+
+    Each poke first reads the lock (one registry GET); only when it looks free does it look up the run's
+    lineage and try to take it, so a waiting run costs one cheap read per poke.
+
+    :param model_name: the model whose lock to take (templated).
+    :param lease_seconds: how long the lease lasts unless released (a dead run's lock expires then).
+    :param registry_conn_id: Connection of the model registry.
+    """
+
     template_fields = ("model_name",)
 
     def __init__(
@@ -42,18 +52,34 @@ class DeploymentLockSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> PokeReturnValue:
         model = validate_model_name(self.model_name)
-        lineage = run_context(context)
-        holder = f"{lineage['dagId']}/{lineage['runId']}"
+        run_id = context["dag_run"].run_id
+        holder = f"{context['dag_run'].dag_id}/{run_id}"
         try:
-            lease = self.registry.acquire_lock(model, holder, lineage["runId"], self.lease_seconds, context=lineage)
+            lock = self.registry.get_model(model).lock
+        except NotFound:
+            lock = None  # a model's first release: nobody holds its lock
+        if lock is not None and lock.run_id != run_id and not lock.expired:
+            self.log.info("waiting: %s is being deployed by %s until %s", model, lock.holder, lock.expires_at)
+            return PokeReturnValue(is_done=False)
+        try:
+            lease = self.registry.acquire_lock(
+                model, holder=holder, run_id=run_id, ttl_seconds=self.lease_seconds, context=run_context(context)
+            )
         except LockHeld as exc:
             self.log.info("waiting: %s", exc)
             return PokeReturnValue(is_done=False)
-        self.log.info("deployment lock of %s held by this run until %s", model, lease["expiresAt"])
-        return PokeReturnValue(is_done=True, xcom_value={"token": lease["token"], "expires_at": lease["expiresAt"]})
+        self.log.info("deployment lock of %s held by this run until %s", model, lease.expires_at)
+        return PokeReturnValue(
+            is_done=True, xcom_value={"token": lease.token, "expires_at": lease.expires_at.isoformat()}
+        )
 
 
 class ReleaseLockOperator(DeployStep):
+    """Releases the lease taken by ``lock_task_id`` (runs whatever happened before it).
+
+    :param lock_task_id: the DeploymentLockSensor's task id.
+    """
+
     def __init__(self, *, lock_task_id: str = "acquire_lock", **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)

@@ -4,18 +4,26 @@ The current version stays loaded, so rolling forward again is a label change."""
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from tfdeploy.core.models_config import ServedModel
+from tfdeploy.core.states import ModelState
 from tfdeploy.hooks.model_store import ModelStoreHook
-from tfdeploy.operators.rollout import ServingStep
-from tfdeploy.serving.models_config import ServedModel
-from tfdeploy.serving.target_config import with_entry
+from tfdeploy.operators.base import ServingStep, typed
 
 
 class ManualRollbackOperator(ServingStep):
+    """Puts ``version`` (a superseded one) back into production on the serving target, with a reason.
+
+    :param version: the earlier version to serve again (templated; an int after rendering).
+    :param reason: why, recorded in the registry's history (templated).
+    :param webhdfs_conn_id: the HDFS provider's Connection (to stage the version if it is not on the host).
+    :param serving_target: the serving target's name.
+    :param serving_image: the serving image; empty: the configured ``SERVING_IMAGE``.
+    """
+
     template_fields = (*ServingStep.template_fields, "version", "reason")
 
     def __init__(
@@ -28,47 +36,43 @@ class ManualRollbackOperator(ServingStep):
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
-        version = int(self.version)
+        version = typed(self.version, int, "version")
         if not str(self.reason).strip():
             raise AirflowFailException("a manual rollback needs a reason (it goes into the registry's history)")
-        state = self.registry.get_version(model, version)["state"]
-        current = self.registry.get_model(model).get("version")
-        if state == "production":
+        record = self.registry.get_version(model, version)
+        current = self.registry.production_version(model)
+        if record.state == ModelState.PRODUCTION:
             self.log.info("%s v%s is already in production: nothing to do", model, version)
             return {"model": model, "version": version, "previous": current, "changed": False}
-        if state != "superseded":
+        if record.state != ModelState.SUPERSEDED:
             raise AirflowFailException(
-                f"{model} v{version} is {state}: only a version that was in production (superseded) can be "
-                "rolled back to; deploy other versions with model_deploy"
+                f"{model} v{version} is {record.state.value}: only a version that was in production (superseded) "
+                "can be rolled back to; deploy other versions with model_deploy"
             )
-        target = self.target_config()
-        with tempfile.TemporaryDirectory(prefix=f"manual-rollback-{model}-") as tmp:
-            local = ModelStoreHook(self.webhdfs_conn_id).fetch(model, version, tmp)
-            base_path = target.host.stage_version(str(local), model, version)
-        with target.locked():
-            entry = target.entry(model)
+        service = self.service
+        base_path = service.stage(
+            ModelStoreHook(self.webhdfs_conn_id), model, version, manifest_sha256=record.manifest_sha256
+        )
+
+        def back_to(entry: ServedModel | None) -> ServedModel:
             loaded = set(entry.versions) if entry else set()
             versions = tuple(sorted((loaded & ({current} if current is not None else set())) | {version}))
-            labels = {"stable": current} if current in versions and current != version else {}
-            target.apply(with_entry(target.current(), ServedModel(model, base_path, versions, labels), model))
-            target.serving.wait_until_available(model, version, deadline_s=self.available_timeout_s)
-            target.apply(
-                with_entry(target.current(), ServedModel(model, base_path, versions, {"stable": version}), model)
-            )
-            served = target.serving.metadata(model, label="stable")["model_spec"]["version"]
-            if str(served) != str(version):
-                raise AirflowFailException(f"after the rollback, stable serves v{served}, not v{version}")
+            return ServedModel(name=model, base_path=base_path, versions=versions, labels={"stable": version})
+
+        service.change(model, back_to)
+        if (answered := service.label_version(model, "stable")) != version:
+            raise AirflowFailException(f"after the rollback, stable answers from v{answered}, not v{version}")
         lineage = self.lineage(context)
         reason = f"manual rollback to v{version}: {self.reason}"
         if current is not None and current != version:
-            self.registry.transition(model, current, "rolled_back", reason=reason, context=lineage)
-        self.registry.transition(model, version, "production", reason=reason, context=lineage)
-        self.registry.set_deployment(model, target.target.name, "stable", version, context=lineage, reason=reason)
+            self.registry.transition(model, current, ModelState.ROLLED_BACK, reason=reason, context=lineage)
+        self.registry.transition(model, version, ModelState.PRODUCTION, reason=reason, context=lineage)
+        self.registry.set_deployment(model, service.name, "stable", version, reason=reason, context=lineage)
         self.log.info(
             "%s: v%s is stable again on %s (v%s stays loaded); reason: %s",
             model,
             version,
-            target.target.name,
+            service.name,
             current,
             self.reason,
         )

@@ -8,8 +8,14 @@ from tfdeploy.operators.base import DeployStep
 
 
 class RegisterModelOperator(DeployStep):
-    """Records the version exported by `export_task_id` as `registered`, with source, HDFS URI, manifest
-    checksum and the run that made it. Registering before validation keeps a rejected version on record."""
+    """Records the version exported by ``export_task_id`` as ``registered``, with its source, HDFS URI, manifest
+    checksum and the run that made it (registering the same content again changes nothing). Registering
+    before validation keeps a rejected version on record.
+
+    :param model_name: the model (templated).
+    :param registry_conn_id: Connection of the model registry.
+    :param export_task_id: the export task whose result to register.
+    """
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
@@ -17,11 +23,11 @@ class RegisterModelOperator(DeployStep):
         if not exported:
             raise RuntimeError(f"no export result from task {self.export_task_id!r}: run the export step first")
         lineage = self.lineage(context)
-        out = self.registry.register_version(
+        record = self.registry.register_version(
             model,
-            version=exported["version"],
-            hdfsUri=exported["uri"],
-            manifestSha256=exported["manifest_sha256"],
+            version=int(exported["version"]),
+            hdfs_uri=exported["uri"],
+            manifest_sha256=exported["manifest_sha256"],
             source=exported.get("source", ""),
             reason=f"exported by {lineage['dagId']}/{lineage['runId']}",
             context=lineage,
@@ -29,9 +35,9 @@ class RegisterModelOperator(DeployStep):
         self.log.info(
             "Registered %s version %s (%s) from %s as %s",
             model,
-            out["version"],
-            out["hdfsUri"],
-            out["source"],
-            out["state"],
+            record.version,
+            record.hdfs_uri,
+            record.source,
+            record.state.value,
         )
-        return {"model": model, "version": out["version"], "state": out["state"]}
+        return {"model": model, "version": record.version, "state": record.state.value}

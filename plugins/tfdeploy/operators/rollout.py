@@ -1,51 +1,30 @@
-"""Roll out: stage the candidate from HDFS onto the serving host, load it next to the current stable
-version, wait until it is AVAILABLE, then label it `canary` (labels need AVAILABLE versions: two reloads)."""
+"""Roll out: stage the candidate from HDFS onto the serving host (verified against the registered manifest),
+load it next to the current stable version and label it ``canary``: one config transaction, in which the
+serving target service applies TF Serving's label rule (the label only once the version is AVAILABLE)."""
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from tfdeploy.core.models_config import ServedModel
+from tfdeploy.core.states import ModelState
 from tfdeploy.hooks.model_store import ModelStoreHook
-from tfdeploy.operators.base import DeployStep
-from tfdeploy.serving.models_config import ServedModel
-from tfdeploy.serving.target_config import TargetConfig, with_entry
-from tfdeploy.serving.targets import get_target
+from tfdeploy.operators.base import ServingStep
 
-
-class ServingStep(DeployStep):
-    """A step that changes what a serving target serves."""
-
-    template_fields = (*DeployStep.template_fields, "serving_target", "serving_image")
-
-    def __init__(
-        self,
-        *,
-        serving_target: str = "local",
-        serving_image: str | None = None,
-        rollout_task_id: str = "rollout",
-        available_timeout_s: float = 300,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.serving_target = serving_target
-        self.serving_image = serving_image
-        self.rollout_task_id = rollout_task_id
-        self.available_timeout_s = available_timeout_s
-
-    def target_config(self) -> TargetConfig:
-        return TargetConfig(get_target(self.serving_target, self.serving_image or None))
-
-    def candidate(self, context: Any) -> int:
-        exported = self.exported(context)
-        if not exported:
-            raise RuntimeError(f"no export result from task {self.export_task_id!r}: nothing to serve")
-        return int(exported["version"])
+ROLLABLE = (ModelState.VALIDATED, ModelState.CANARY, ModelState.ROLLED_BACK)
 
 
 class RolloutOperator(ServingStep):
+    """Serves the candidate beside the stable version, labelled ``canary``; the registry records it.
+
+    :param webhdfs_conn_id: the HDFS provider's Connection (the model store the candidate is fetched from).
+    :param serving_target: the serving target's name.
+    :param serving_image: the serving image; empty: the configured ``SERVING_IMAGE``.
+    :param available_timeout_s: how long the candidate may take to become AVAILABLE.
+    """
+
     def __init__(self, *, webhdfs_conn_id: str = "webhdfs_default", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.webhdfs_conn_id = webhdfs_conn_id
@@ -53,59 +32,43 @@ class RolloutOperator(ServingStep):
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
         version = self.candidate(context)
-        state = self.registry.get_version(model, version)["state"]
-        if state == "production":
+        exported = self.exported(context) or {}
+        if exported.get("action") == "noop":
+            raise AirflowSkipException(exported.get("reason") or f"{model} v{version}: nothing to roll out")
+        record = self.registry.get_version(model, version)
+        if record.state == ModelState.PRODUCTION:
             raise AirflowSkipException(f"{model} v{version} is already in production: nothing to roll out")
-        if state not in ("validated", "canary", "rolled_back"):
-            raise RuntimeError(f"{model} v{version} is {state}; only a validated version can be rolled out")
-        target = self.target_config()
-        stable = self.registry.get_model(model).get("version")
-        with tempfile.TemporaryDirectory(prefix=f"rollout-{model}-") as tmp:
-            local = ModelStoreHook(self.webhdfs_conn_id).fetch(model, version, tmp)
-            base_path = target.host.stage_version(str(local), model, version)
-        self.log.info("Staged %s v%s on %s at %s", model, version, target.target.name, base_path)
-        with target.locked():
-            previous = target.entry(model)
-            versions = tuple(sorted({v for v in (stable, version) if v is not None}))
-            stable_label = {"stable": stable} if stable is not None and stable != version else {}
-            phase1 = ServedModel(name=model, base_path=base_path, versions=versions, labels=stable_label)
-            created = target.apply(with_entry(target.current(), phase1, model))
-            target.serving.wait_until_available(model, version, deadline_s=self.available_timeout_s)
-            self.log.info(
-                "%s v%s is AVAILABLE on %s (container %s)",
-                model,
-                version,
-                target.target.name,
-                "created" if created else "reloaded",
+        if record.state not in ROLLABLE:
+            raise AirflowFailException(
+                f"{model} v{version} is {record.state.value}; only a validated version can be rolled out"
             )
-            phase2 = ServedModel(
-                name=model, base_path=base_path, versions=versions, labels={**stable_label, "canary": version}
-            )
-            target.apply(with_entry(target.current(), phase2, model))
+        stable = self.registry.production_version(model)
+        service = self.service
+        base_path = service.stage(
+            ModelStoreHook(self.webhdfs_conn_id), model, version, manifest_sha256=record.manifest_sha256
+        )
+        labels = {"stable": stable} if stable is not None and stable != version else {}
+        entry = ServedModel(
+            name=model,
+            base_path=base_path,
+            versions=tuple(sorted({v for v in (stable, version) if v is not None})),
+            labels={**labels, "canary": version},
+        )
+        change = service.change(model, lambda _current: entry)
         lineage = self.lineage(context)
-        if state != "canary":
+        if record.state != ModelState.CANARY:
             self.registry.transition(
-                model, version, "canary", reason=f"serving on {target.target.name}", context=lineage
+                model, version, ModelState.CANARY, reason=f"serving on {service.name}", context=lineage
             )
-        self.registry.set_deployment(model, target.target.name, "canary", version, context=lineage)
+        self.registry.set_deployment(model, service.name, "canary", version, context=lineage)
         self.log.info(
-            "%s: serving versions %s on %s; stable=%s canary=%s",
+            "%s: serving versions %s on %s; stable=%s canary=%s (%d reload(s)%s)",
             model,
-            list(versions),
-            target.target.name,
+            list(entry.versions),
+            service.name,
             stable,
             version,
+            change.phases,
+            ", container created" if change.container_created else "",
         )
-        return {
-            "model": model,
-            "version": version,
-            "target": target.target.name,
-            "stable": stable,
-            "previous": None
-            if previous is None
-            else {
-                "versions": list(previous.versions),
-                "labels": dict(previous.labels),
-                "base_path": previous.base_path,
-            },
-        }
+        return {"model": model, "version": version, "target": service.name, "stable": stable}

@@ -10,12 +10,28 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from tfdeploy.core.golden import METRICS, judge, load_golden, metric_value
+from tfdeploy.core.states import ModelState
 from tfdeploy.hooks.model_store import ModelStoreHook
-from tfdeploy.operators.base import DeployStep
-from tfdeploy.validation.golden import METRICS, judge, load_golden, metric_value
+from tfdeploy.operators.base import DeployStep, typed
 
 
 class ValidateModelOperator(DeployStep):
+    """Judges the published copy of the version: signature, golden-example metric against an absolute threshold
+    and against production, optional in-process latency budget. The version ends ``validated`` or
+    ``rejected``; the report (with the golden predictions smoke inference compares with) goes to the registry.
+
+    :param golden_path: golden examples JSON (inputs, labels, signature_name).
+    :param signature_name: the signature to check and run.
+    :param required_inputs: input name -> dtype the signature must have.
+    :param required_outputs: output names the signature must have (the first is the one scored).
+    :param metric: ``mae`` or ``accuracy``.
+    :param threshold: maximum MAE / minimum accuracy; None: no absolute threshold.
+    :param max_regression: allowed worsening of the metric against the production version; None: unchecked.
+    :param latency_budget_ms: maximum in-process p50 latency of one row; None: unchecked.
+    :param webhdfs_conn_id: the HDFS provider's Connection.
+    """
+
     template_fields = (
         *DeployStep.template_fields,
         "golden_path",
@@ -50,43 +66,42 @@ class ValidateModelOperator(DeployStep):
         self.required_inputs = required_inputs
         self.required_outputs = required_outputs
         self.metric = metric
-        self.threshold = threshold
-        self.max_regression = max_regression
-        self.latency_budget_ms = latency_budget_ms
+        self.threshold: Any = threshold
+        self.max_regression: Any = max_regression
+        self.latency_budget_ms: Any = latency_budget_ms
         self.webhdfs_conn_id = webhdfs_conn_id
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
-        exported = self.exported(context)
-        assert exported is not None, "the export step left no result"
-        version = int(exported["version"])
-        current = self.registry.get_version(model, version)
-        if current["state"] not in ("registered",):
-            # a rerun after the verdict: the registry already holds it
-            if current["state"] == "rejected":
-                raise AirflowFailException(f"{model} v{version} was rejected: {current['validationReport']}")
-            self.log.info("%s v%s is already %s; nothing to validate again", model, version, current["state"])
-            return {"model": model, "version": version, "state": current["state"]}
-        report, metrics, signatures = self._validate(model, version)
+        version = self.candidate(context)
+        for name in ("threshold", "max_regression", "latency_budget_ms"):
+            typed(getattr(self, name), (int, float), name, optional=True)
+        record = self.registry.get_version(model, version)
+        if record.state == ModelState.REJECTED:
+            raise AirflowFailException(f"{model} v{version} was rejected: {record.validation_report.get('problems')}")
+        if record.state != ModelState.REGISTERED:  # a rerun after the verdict: the registry already holds it
+            self.log.info("%s v%s is already %s; nothing to validate again", model, version, record.state.value)
+            return {"model": model, "version": version, "state": record.state.value}
+        report, metrics, signatures = self._validate(model, version, record.manifest_sha256)
         lineage = self.lineage(context)
-        self.registry.request(
-            "PATCH",
-            f"/v1/models/{model}/versions/{version}/report",
-            json={"metrics": metrics, "validationReport": report, "signatures": signatures, "context": lineage},
+        self.registry.update_report(
+            model, version, metrics=metrics, validation_report=report, signatures=signatures, context=lineage
         )
-        verdict = "rejected" if report["problems"] else "validated"
+        verdict = ModelState.REJECTED if report["problems"] else ModelState.VALIDATED
         reason = "; ".join(report["problems"]) or "all checks passed"
-        self.registry.transition(model, version, verdict, reason=reason, expectedState="registered", context=lineage)
+        self.registry.transition(
+            model, version, verdict, reason=reason, expected=ModelState.REGISTERED, context=lineage
+        )
         for check in report["checks"]:
             self.log.info("check: %s", check)
         if report["problems"]:
             raise AirflowFailException(f"{model} v{version} rejected, production untouched: {reason}")
         self.log.info("%s v%s validated: %s", model, version, metrics)
-        return {"model": model, "version": version, "state": verdict, "metrics": metrics}
+        return {"model": model, "version": version, "state": verdict.value}
 
     # ------------------------------------------------------------------------------------------------
 
-    def _validate(self, model: str, version: int) -> tuple[dict, dict, dict]:
+    def _validate(self, model: str, version: int, manifest_sha256: str) -> tuple[dict, dict, dict]:
         import numpy as np
         import tensorflow as tf  # heavy: only inside the task
 
@@ -94,8 +109,12 @@ class ValidateModelOperator(DeployStep):
         problems: list[str] = []
         golden = load_golden(self.golden_path)
         with tempfile.TemporaryDirectory(prefix=f"validate-{model}-") as tmp:
-            local = ModelStoreHook(self.webhdfs_conn_id).fetch(model, version, tmp)
-            checks.append(f"fetched v{version} from HDFS; every file matches the manifest's sha256")
+            local = ModelStoreHook(self.webhdfs_conn_id).fetch(
+                model, version, tmp, expected_manifest_sha256=manifest_sha256 or None
+            )
+            checks.append(
+                f"fetched v{version} from HDFS; its manifest is the one registered and every file matches its sha256"
+            )
             signatures = served_signatures(local)
             checks.append(
                 f"served signatures (the SavedModel's signature_def, as TF Serving reads it): "
@@ -130,15 +149,15 @@ class ValidateModelOperator(DeployStep):
             problems += judge(
                 self.metric,
                 value,
-                threshold=_opt_float(self.threshold),
+                threshold=self.threshold,
                 baseline=baseline,
-                max_regression=_opt_float(self.max_regression),
+                max_regression=self.max_regression,
             )
             checks.append(
                 f"{self.metric} on {golden.count} golden examples: {value:.6g}"
                 + (f" (production: {baseline:.6g})" if baseline is not None else " (no production version yet)")
             )
-            if self.latency_budget_ms not in (None, ""):
+            if self.latency_budget_ms is not None:
                 one = {name: t[:1] for name, t in feeds.items()}
                 fn(**one)
                 samples = []
@@ -148,7 +167,7 @@ class ValidateModelOperator(DeployStep):
                     samples.append((time.perf_counter() - t0) * 1e3)
                 p50 = statistics.median(samples)
                 metrics["latency_p50_ms"] = p50
-                budget = float(self.latency_budget_ms)  # type: ignore[arg-type]
+                budget = float(self.latency_budget_ms)
                 if p50 > budget:
                     problems.append(f"in-process latency p50 {p50:.2f} ms is over the budget of {budget:.2f} ms")
                 checks.append(f"in-process latency p50 {p50:.2f} ms (budget {budget:.2f} ms)")
@@ -168,10 +187,10 @@ class ValidateModelOperator(DeployStep):
         }
 
     def _production_metric(self, model: str) -> float | None:
-        production = self.registry.get_model(model).get("version")
+        production = self.registry.production_version(model)
         if production is None:
             return None
-        value = self.registry.get_version(model, production)["metrics"].get(self.metric)
+        value = self.registry.get_version(model, production).metrics.get(self.metric)
         return None if value is None else float(value)
 
 
@@ -194,7 +213,3 @@ def served_signatures(saved_model_dir: Any) -> dict[str, dict[str, dict[str, str
         for name, sig in meta.signature_def.items()
         if not name.startswith("__")
     }
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value in (None, "") else float(value)

@@ -7,6 +7,8 @@ Airflow does not authenticate plugin apps, so the registry checks bearer tokens 
 
 # No `from __future__ import annotations`: FastAPI must see the dependency aliases defined in create_app.
 
+import logging
+import re
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,13 +18,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from tfdeploy.core.errors import RegistryError, RegistryUnavailable
 
 from .auth import Principal, require_read, require_write
 from .config import RegistryConfig
-from .errors import RegistryError
 from .service import Actor, RegistryService
 
 WEB = Path(__file__).parent / "web"
+RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503 (database unreachable)
+log = logging.getLogger(__name__)
 
 
 class _Body(BaseModel):
@@ -98,6 +105,20 @@ class RenewIn(_Body):
     ttl_seconds: float = 900
 
 
+class ContextQuery:
+    """The same lineage as `Context`, as query parameters: for DELETE requests, which carry no body."""
+
+    def __init__(
+        self,
+        actor: str | None = None,
+        interface: str = "rest_api",
+        dag_id: Annotated[str, Query(alias="dagId")] = "",
+        run_id: Annotated[str, Query(alias="runId")] = "",
+        task_id: Annotated[str, Query(alias="taskId")] = "",
+    ) -> None:
+        self.context = Context(actor=actor, interface=interface, dag_id=dag_id, run_id=run_id, task_id=task_id)
+
+
 class HistoryQuery:
     """History filters shared by the per-model and the global history endpoints."""
 
@@ -142,10 +163,41 @@ class _State:
         if self._service is None:
             with self._lock:
                 if self._service is None:
-                    service = RegistryService(self.config.db_url)
-                    service.migrate()
+                    try:
+                        service = RegistryService(self.config.db_url)
+                        service.migrate()
+                    except Exception as exc:  # noqa: BLE001 - any failure here means: no database to answer from
+                        log.exception("registry: cannot open or migrate the database")
+                        raise RegistryUnavailable(
+                            _unreachable(f"cannot open or migrate it: {_describe(exc)}", self.config.db_url)
+                        ) from exc
                     self._service = service
         return self._service
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's class and first line, without the SQL, parameters or SQLAlchemy's background link."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    package = type(orig).__module__.split(".")[0]
+    kind = type(orig).__name__ if package == "builtins" else f"{package}.{type(orig).__name__}"
+    return f"{kind}: {first}"[:300]
+
+
+def _unreachable(cause: str, db_url: str) -> str:
+    """The 503 message; never shows credentials (the configured password, or any user:password@ in a URL)."""
+    try:
+        password = make_url(db_url).password
+    except Exception:  # noqa: BLE001 - an unparsable URL: scrub URLs below anyway
+        password = None
+    if password:
+        cause = cause.replace(str(password), "***")
+    cause = re.sub(r"(://[^/@\s:]*):[^/@\s]*@", r"\1:***@", cause)
+    return f"the registry's database is unreachable ({cause}): nothing was changed; retry later"
+
+
+def _is_unreachable(exc: DBAPIError) -> bool:
+    return isinstance(exc, (OperationalError, InterfaceError)) or bool(exc.connection_invalidated)
 
 
 def _actor(ctx: Context, principal: Principal) -> Actor:
@@ -171,7 +223,19 @@ def create_app(config: RegistryConfig | None = None) -> FastAPI:
 
     @app.exception_handler(RegistryError)
     async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
-        return JSONResponse({"error": type(exc).__name__, "message": exc.message}, status_code=exc.status_code)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(exc, RegistryUnavailable) else None
+        return JSONResponse(
+            {"error": type(exc).__name__, "message": exc.message}, status_code=exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        """The database cannot be reached (down, refused, connection dropped, locked past the busy timeout):
+        503, which clients retry. Other database errors stay 500s (a bug, not an outage)."""
+        if not _is_unreachable(exc):
+            raise exc
+        log.warning("registry: database unreachable on %s %s: %s", request.method, request.url.path, _describe(exc))
+        return await _registry_error(request, RegistryUnavailable(_unreachable(_describe(exc), config.db_url)))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -295,11 +359,10 @@ def create_app(config: RegistryConfig | None = None) -> FastAPI:
         label: str,
         service: Svc,
         who: Writer,
-        actor: str | None = None,
-        interface: str = "rest_api",
+        q: Annotated[ContextQuery, Depends()],
         reason: str = "",
     ) -> None:
-        service.clear_deployment(name, target, label, _actor(Context(actor=actor, interface=interface), who), reason)
+        service.clear_deployment(name, target, label, _actor(q.context, who), reason)
 
     @v1.post("/models/{name}/lock", summary="Acquire the model's deployment lock (a lease)")
     def acquire_lock(name: str, body: LockIn, service: Svc, who: Writer) -> dict:
@@ -312,8 +375,8 @@ def create_app(config: RegistryConfig | None = None) -> FastAPI:
         return service.renew_lock(name, body.token, ttl_seconds=body.ttl_seconds)
 
     @v1.delete("/models/{name}/lock", status_code=204, summary="Release the lock")
-    def release_lock(name: str, token: str, service: Svc, who: Writer, actor: str | None = None) -> None:
-        service.release_lock(name, token, _actor(Context(actor=actor), who))
+    def release_lock(name: str, token: str, service: Svc, who: Writer, q: Annotated[ContextQuery, Depends()]) -> None:
+        service.release_lock(name, token, _actor(q.context, who))
 
     app.include_router(v1)
 

@@ -14,14 +14,11 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from tfdeploy.core.errors import Forbidden, Unauthorized
+
 from .config import RegistryConfig
-from .errors import RegistryError, Unauthorized
 
 COOKIE = "_token"  # Airflow UI's JWT cookie
-
-
-class Forbidden(RegistryError):
-    status_code = 403
 
 
 @dataclass(frozen=True)

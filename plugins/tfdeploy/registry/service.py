@@ -15,10 +15,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tfdeploy.core.errors import Conflict, InvalidRequest, LockHeld, LostRace, NotFound
+from tfdeploy.core.names import validate_model_name
+from tfdeploy.core.states import ModelState, check_transition
+
 from . import db
-from .errors import Conflict, InvalidRequest, LockHeld, LostRace, NotFound
-from .names import validate_model_name
-from .states import ModelState, check_transition
 
 INTERFACES = frozenset({"schedule", "ui", "rest_api", "cli", "asset", "backfill", "pipeline", "unknown"})
 HEALTH = frozenset({"healthy", "degraded", "unhealthy", "unknown"})

@@ -18,9 +18,13 @@ import docker
 import pytest
 import requests
 
+from tfdeploy.settings import get_settings
+
 ROOT = Path(__file__).resolve().parents[3]
 DAG = "model_deploy"
-REST = "http://127.0.0.1:8501"
+SETTINGS = get_settings()  # the test stack's (tests/conftest.py): never the user's serving target
+REST = f"http://127.0.0.1:{SETTINGS.serving_rest_port}"
+CONTAINER = f"{SETTINGS.serving_container_prefix}-local"
 VARIANTS = ("good", "better", "nosig", "noisy")
 
 
@@ -86,6 +90,10 @@ def deploy(airflow, model):
     return run
 
 
+def new_events(registry, model: str, after_id: int) -> list[dict]:
+    return [e for e in registry(f"/models/{model}/history", limit=100)["events"] if e["id"] > after_id]
+
+
 def versions_state(registry, model: str) -> dict[int, str]:
     return {v["version"]: v["state"] for v in registry(f"/models/{model}/versions")["versions"]}
 
@@ -109,7 +117,7 @@ def expected(example: Path) -> list[float]:
 
 
 def container_id() -> str:
-    return docker.from_env().containers.get("tfserving-local").id
+    return docker.DockerClient(base_url=SETTINGS.docker_host).containers.get(CONTAINER).id
 
 
 def test_first_deploy(deploy, registry, model, examples):
@@ -167,11 +175,13 @@ def test_a_model_that_answers_wrongly_fails_smoke_and_is_rolled_back(deploy, reg
 
 
 def test_a_rerun_is_safe(deploy, airflow, registry, model, examples):
-    # deploying content that is already in production again: same version found, nothing changes
+    # deploying content that is already in production again: same version found, a no-op decided at export
+    last = registry(f"/models/{model}/history", limit=1)["events"][0]["id"]
     final, states = deploy(examples["better"])
     assert final["state"] == "success", states
-    assert states["rollout"] == "skipped"
+    assert states["rollout"] == "skipped" and states["rollback"] == "skipped"
     assert registry(f"/models/{model}")["version"] == 2
+    assert not [e for e in new_events(registry, model, last) if e["kind"] == "transition"]
     # clearing a finished run's tasks (a rerun from the UI) is safe too
     run_id = airflow.request("GET", f"/api/v2/dags/{DAG}/dagRuns", params={"order_by": "-start_date", "limit": 1})[
         "dag_runs"
@@ -192,6 +202,19 @@ def test_a_rerun_is_safe(deploy, airflow, registry, model, examples):
     assert final["state"] == "success"
     assert versions_state(registry, model)[2] == "production"
     assert served(model)[2] == "AVAILABLE"
+
+
+def test_re_releasing_a_superseded_version_is_refused_before_anything_changes(deploy, registry, model, examples):
+    # `good` is v1, superseded by v2: deploying its content again is refused at export, with the way out
+    last = registry(f"/models/{model}/history", limit=1)["events"][0]["id"]
+    final, states = deploy(examples["good"])
+    assert final["state"] == "failed", states
+    assert states["export"] == "failed" and states["register"] == "upstream_failed"
+    assert states["rollback"] == "skipped" and states["release_gate"] == "failed"
+    assert registry(f"/models/{model}")["version"] == 2
+    assert versions_state(registry, model)[1] == "superseded"
+    # only the lock was taken and released: no version, deployment or health record changed
+    assert [e["kind"] for e in new_events(registry, model, last)] == ["lock", "lock"]
 
 
 def test_two_runs_for_one_model_are_serialized(deploy, registry, model, examples):

@@ -8,8 +8,9 @@ import uuid
 import pytest
 import requests
 
+from tfdeploy.core.errors import IllegalTransition, NotFound
+from tfdeploy.core.states import ModelState
 from tfdeploy.hooks.registry import RegistryHook
-from tfdeploy.registry.errors import Conflict, NotFound
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,14 @@ def test_linked_from_airflow_navigation(airflow):
 def test_hook_through_the_airflow_connection():
     hook = RegistryHook()
     model = f"hook-{uuid.uuid4().hex[:6]}"
-    created = hook.register_version(model, version=1, hdfsUri="hdfs:///models/x/1", manifestSha256="d" * 64)
-    assert created["state"] == "registered" and created["createdBy"] == "api-token"
-    hook.transition(model, 1, "validated", context={"actor": "carol", "interface": "pipeline"})
-    assert hook.get_version(model, 1)["state"] == "validated"
-    with pytest.raises(Conflict, match="illegal transition validated -> production"):
-        hook.transition(model, 1, "production")
+    created = hook.register_version(
+        model, version=1, hdfs_uri="hdfs:///models/x/1", manifest_sha256="d" * 64, context={}
+    )
+    assert created.state == ModelState.REGISTERED and created.created_by == "api-token"
+    hook.transition(model, 1, ModelState.VALIDATED, context={"actor": "carol", "interface": "pipeline"})
+    assert hook.get_version(model, 1).state == ModelState.VALIDATED
+    with pytest.raises(IllegalTransition, match="illegal transition validated -> production"):
+        hook.transition(model, 1, ModelState.PRODUCTION, context={})
     with pytest.raises(NotFound):
         hook.get_version(model, 99)
+    assert hook.production_version(model) is None and hook.production_version("no-such-model") is None

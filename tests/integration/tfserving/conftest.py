@@ -20,7 +20,7 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[3]
-TESTDATA = ROOT.parent / "shared" / "tfserving-testdata"
+TESTDATA = ROOT / "tests" / "data" / "tfserving-testdata"
 IMAGE = os.environ.get("SERVING_IMAGE_TAG", "local/tfserving-compat:latest")
 HP2_2V = TESTDATA / "saved_model_half_plus_two_2_versions"
 HP2_CPU = TESTDATA / "saved_model_half_plus_two_cpu"

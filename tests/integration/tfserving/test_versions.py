@@ -12,7 +12,7 @@ import shutil
 import pytest
 import requests
 
-from .conftest import BAD, HP2_2V, copy_model, seen_root, version_states, wait_for
+from .conftest import BAD, COUNTER, HP2_2V, copy_model, seen_root, version_states, wait_for
 
 V123 = HP2_2V / "00000123"
 V124 = HP2_2V / "00000124"
@@ -135,21 +135,35 @@ def test_an_emptied_base_path_unloads_the_model(server):
 
 
 def test_warmup_requests_are_replayed_during_load(server, tmp_path):
+    """Observes the replay itself, not just the load: TF Serving's saved_model_counter has a variable that
+    signature `incr_counter` increments and `get_counter` reads. The warmup file calls `incr_counter`
+    WARMUP_CALLS times, so the loaded version's counter must read exactly WARMUP_CALLS (0 if warmup were
+    skipped, 2x if it were replayed twice)."""
+    import grpc
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
+    warmup_calls = 5
     src = tmp_path / "124"
-    shutil.copytree(V124, src)
+    shutil.copytree(COUNTER / "00000123", src)
     (src / "assets.extra").mkdir()
     with tf.io.TFRecordWriter(str(src / "assets.extra" / "tf_serving_warmup_requests")) as writer:
-        for _ in range(3):
+        for _ in range(warmup_calls):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "warm"
-            request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0]], dtype=tf.float32))
+            request.model_spec.signature_name = "incr_counter"
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     publish(server.extra["root"] / "warm", 124, src=src)
     wait_for(lambda: version_states(server, "warm").get(124) == "AVAILABLE", what="warmed version loads")
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "warm"
+    request.model_spec.version.value = 124
+    request.model_spec.signature_name = "get_counter"
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    assert float(tf.make_ndarray(response.outputs["output"])) == warmup_calls
 
 
 def test_a_failing_warmup_fails_the_load(server, tmp_path):

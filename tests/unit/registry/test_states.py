@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tfdeploy.registry.errors import IllegalTransition, InvalidName
-from tfdeploy.registry.names import validate_model_name
-from tfdeploy.registry.states import ALLOWED, TERMINAL, ModelState, check_transition
+from tfdeploy.core.errors import IllegalTransition, InvalidModelName
+from tfdeploy.core.names import validate_model_name
+from tfdeploy.core.states import ALLOWED, TERMINAL, ModelState, check_transition
 
 S = ModelState
 
@@ -56,5 +56,5 @@ def test_safe_model_names(name):
 
 @pytest.mark.parametrize("name", ["", "a/b", "..", "a..b", "has space", "-lead", ".hidden", "x" * 129, "é"])
 def test_unsafe_model_names(name):
-    with pytest.raises(InvalidName, match="invalid model name"):
+    with pytest.raises(InvalidModelName, match="invalid model name"):
         validate_model_name(name)

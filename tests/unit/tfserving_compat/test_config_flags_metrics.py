@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "include"))
-TESTDATA = ROOT.parent / "shared" / "tfserving-testdata"
+TESTDATA = ROOT / "tests" / "data" / "tfserving-testdata"
 
 from tfserving_compat import config as cfg  # noqa: E402
 from tfserving_compat.errors import ServingError  # noqa: E402

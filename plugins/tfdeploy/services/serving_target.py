@@ -1,0 +1,237 @@
+"""A serving target's config, changed as one transaction per change.
+
+TF Serving has no API to read its config back and a reload is a full replacement, so the pipeline owns the
+config: ``<model_root>/models.config``, which each deployment edits for its own model only. A change is:
+take the host's config lock, read the file ONCE, compute the model's new entry, validate it (building the
+``ModelServerConfig``), write the file atomically ONCE, reload the running server ONCE (or create the
+server container, which reads the file at start), and verify ONCE (the entry's versions AVAILABLE, the
+dropped ones unloaded, their staged copies removed). If applying or verifying fails, the previous file is
+written back and re-applied, so the file on disk and the served config agree.
+
+The two-phase label rule lives here and only here: TF Serving may only label a version that is already
+AVAILABLE, so an edit that adds a version AND points a label at it is applied as two changes: first the
+versions with the labels it can keep, then (once the new version is AVAILABLE) the labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from tfdeploy.core.models_config import ServedModel, build_model_config
+from tfdeploy.hooks.serving_host import ServingHostHook
+from tfdeploy.hooks.tfserving import TFServingHook
+from tfdeploy.services.targets import ServingTarget
+
+if TYPE_CHECKING:
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+    from tfdeploy.hooks.model_store import ModelStoreHook
+
+log = logging.getLogger(__name__)
+
+Edit = Callable[[ServedModel | None], ServedModel | None]
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """What one transaction did to a model's entry: before, after, how many reloads, container created."""
+
+    model: str
+    before: ServedModel | None
+    after: ServedModel | None
+    phases: int
+    container_created: bool
+
+    @property
+    def dropped(self) -> list[int]:
+        kept = set(self.after.versions) if self.after else set()
+        return sorted(set(self.before.versions if self.before else ()) - kept)
+
+
+def with_entry(models: Sequence[ServedModel], entry: ServedModel | None, name: str) -> list[ServedModel]:
+    """The config's models with ``name``'s entry replaced by ``entry`` (or removed when None), sorted by name."""
+    out = [m for m in models if m.name != name]
+    if entry is not None:
+        out.append(entry)
+    return sorted(out, key=lambda m: m.name)
+
+
+def label_phases(before: ServedModel | None, after: ServedModel | None) -> list[ServedModel | None]:
+    """The changes that take ``before`` to ``after`` under TF Serving's label rule (one or two).
+
+    A label pointing at a version that ``before`` does not serve waits for a second change; meanwhile it
+    keeps its old version if that stays served, else it is left out.
+    """
+    if after is None:
+        return [None]
+    new = set(after.versions) - set(before.versions if before else ())
+    if not any(version in new for version in after.labels.values()):
+        return [after]
+    first: dict[str, int] = {}
+    for label, version in after.labels.items():
+        if version not in new:
+            first[label] = version
+        elif before is not None and before.labels.get(label) in after.versions:
+            first[label] = before.labels[label]
+    return [replace(after, labels=first), after]
+
+
+class ServingTargetService:
+    """What the pipeline does to one serving target: stage versions, change the config, check labels.
+
+    :param target: the target (its Connections, image, container name and model directory).
+    :param host: the serving host's hook (default: from ``target.serving_host_conn_id``).
+    :param serving: the TF Serving hook (default: from ``target.tfserving_conn_id``).
+    :param poll_seconds: the server's file-system poll (``--file_system_poll_wait_seconds``).
+    :param available_timeout_s: how long a version may take to become AVAILABLE (or unload).
+    """
+
+    def __init__(
+        self,
+        target: ServingTarget,
+        *,
+        host: ServingHostHook | None = None,
+        serving: TFServingHook | None = None,
+        poll_seconds: int = 1,
+        available_timeout_s: float = 300,
+    ) -> None:
+        self.target = target
+        self.host = host or ServingHostHook(target.serving_host_conn_id, model_root=target.model_root)
+        self.serving = serving or TFServingHook(target.tfserving_conn_id)
+        self.poll_seconds = poll_seconds
+        self.available_timeout_s = available_timeout_s
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    # ------------------------------------------------------------------ model directory
+
+    def stage(self, store: ModelStoreHook, model: str, version: int, *, manifest_sha256: str) -> str:
+        """Put ``version`` of ``model`` from the model store into the host's model directory; returns its base path.
+
+        Fetched straight into ``model_root/<model>/`` (a hidden temp dir renamed into place, fsynced), every
+        file checked against the manifest, the manifest pinned to ``manifest_sha256`` (what the registry
+        recorded): a corrupt or swapped file fails naming it, and nothing is staged. Already staged and
+        identical: kept.
+        """
+        self.host.check_shared_disk()
+        store.fetch(model, version, self.host.model_dir(model), expected_manifest_sha256=manifest_sha256, durable=True)
+        return self.host.container_base_path(model)
+
+    def discard(self, model: str, version: int) -> None:
+        """Remove a staged version that no config serves (a candidate that never reached the server)."""
+        with self.host.config_lock():
+            entry = _find(self.host.read_config(), model)
+            if entry is None or version not in entry.versions:
+                self.host.remove_staged(model, version)
+
+    # ------------------------------------------------------------------ config
+
+    def entry(self, model: str) -> ServedModel | None:
+        """The model's entry in models.config as it is now."""
+        return _find(self.host.read_config(), model)
+
+    def change(self, model: str, edit: Edit) -> ConfigChange:
+        """Change ``model``'s entry to ``edit(current entry)`` (None: stop serving it), as one transaction.
+
+        See the module docstring. Raises what the hooks raise (``ServingReloadError``,
+        ``VersionNotAvailable``, ``ServerStartError`` ...) after restoring the previous config.
+        """
+        with self.host.config_lock():
+            models = self.host.read_config()
+            before = _find(models, model)
+            after = edit(before)
+            if after is not None and after.name != model:
+                raise ValueError(f"an edit of {model!r} returned an entry for {after.name!r}")
+            if after == before:
+                return ConfigChange(model, before, after, phases=0, container_created=False)
+            steps = label_phases(before, after)
+            configs = [build_model_config(with_entry(models, step, model)) for step in steps]  # validates
+            created = False
+            current = before
+            try:
+                for config, step in zip(configs, steps, strict=True):
+                    created = self._apply(config, serves_models=bool(config.model_config_list.config)) or created
+                    self._verify(model, current, step)
+                    current = step
+            except BaseException:
+                self._restore(models, model, before)
+                raise
+            change = ConfigChange(model, before, after, phases=len(configs), container_created=created)
+            for version in change.dropped:
+                self.host.remove_staged(model, version)
+        log.info(
+            "%s on %s: %s -> %s (%d reload(s)%s)",
+            model,
+            self.name,
+            _describe(before),
+            _describe(after),
+            change.phases,
+            ", container created" if created else "",
+        )
+        return change
+
+    def label_version(self, model: str, label: str) -> int:
+        """The version that ``/labels/<label>`` of ``model`` answers from (asks the server)."""
+        return int(self.serving.metadata(model, label=label)["model_spec"]["version"])
+
+    # ------------------------------------------------------------------ internals
+
+    def _apply(self, config: ModelServerConfig, *, serves_models: bool) -> bool:
+        """Write the config once, then reload the running server once, or create it. True if created."""
+        self.host.write_config(config)
+        if not serves_models:  # nothing left to serve: unload everything, but start no server for nothing
+            if self.serving.is_ready():
+                self.serving.reload(config)
+            return False
+        grpc_port, rest_port = self.serving.ports
+        info = self.host.ensure_server(
+            name=self.target.container_name,
+            image=self.target.image,
+            grpc_port=grpc_port,
+            rest_port=rest_port,
+            poll_seconds=self.poll_seconds,
+        )
+        if not info.created:  # a new server read the file at start; a running one takes it by reload
+            self.serving.reload(config)
+        return info.created
+
+    def _verify(self, model: str, before: ServedModel | None, after: ServedModel | None) -> None:
+        for version in after.versions if after else ():
+            self.serving.wait_until_available(model, version, deadline_s=self.available_timeout_s, poll_interval_s=0.1)
+        for version in sorted(set(before.versions if before else ()) - set(after.versions if after else ())):
+            self.serving.wait_until_unloaded(model, version, deadline_s=self.available_timeout_s, poll_interval_s=0.1)
+
+    def _restore(self, models: list[ServedModel], model: str, before: ServedModel | None) -> None:
+        """Best effort after a failed change: the previous config back on disk and on the server."""
+        try:
+            config = build_model_config(models)
+            self.host.write_config(config)
+            if self.serving.is_ready():
+                self.serving.reload(config)
+            log.warning("%s on %s: change failed; previous config restored (%s)", model, self.name, _describe(before))
+        except Exception as exc:  # noqa: BLE001 - the original error matters more; say what is left
+            log.error(
+                "%s on %s: change failed AND restoring the previous config failed (%s); make %s serve %s and "
+                "reload the server by hand",
+                model,
+                self.name,
+                exc,
+                self.host.config_path,
+                _describe(before),
+            )
+
+
+def _find(models: Sequence[ServedModel], name: str) -> ServedModel | None:
+    return next((m for m in models if m.name == name), None)
+
+
+def _describe(entry: ServedModel | None) -> str:
+    if entry is None:
+        return "not served"
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(entry.labels.items()))
+    return f"versions {list(entry.versions)}" + (f" ({labels})" if labels else "")

@@ -1,1 +1,0 @@
-"""Validation of a model version: golden examples, metrics and thresholds (as TFX's Evaluator does)."""

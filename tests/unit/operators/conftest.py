@@ -1,0 +1,629 @@
+"""Fakes for the operators' unit tests: a registry that keeps versions in dicts and enforces the real state
+machine, a serving target service that keeps a models.config-like dict, a model store, and Airflow's context.
+
+Nothing here reaches HDFS, Docker, TF Serving, the registry or Airflow's REST API: every fake is built by the
+test that uses it (no shared state, any order), and a guard fails any test that opens a network connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shutil
+import socket
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.sdk import BaseNotifier
+from airflow.sdk.bases.operator import ExecutorSafeguard
+
+from tfdeploy.core.errors import Conflict, LockHeld, LostRace, NotFound, VersionConflict
+from tfdeploy.core.manifest import encode_manifest, manifest_sha256
+from tfdeploy.core.models_config import ServedModel, build_model_config
+from tfdeploy.core.states import ModelState, check_transition
+from tfdeploy.hooks.model_store import PublishResult
+from tfdeploy.hooks.registry import HealthRecord, Lease, LockInfo, ModelRecord, VersionRecord
+from tfdeploy.notifiers import DeploymentAlertNotifier
+from tfdeploy.operators import base as base_module
+from tfdeploy.operators import lock as lock_module
+from tfdeploy.services.serving_target import ConfigChange, label_phases, with_entry
+
+MODEL = "demo_regressor"
+TARGET = "local"
+SHA = "ab" * 32
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --------------------------------------------------------------------------- guards and lineage
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """execute() called directly (Airflow's own test mode), and no network at all."""
+    monkeypatch.setattr(ExecutorSafeguard, "test_mode", True)
+
+    def no_network(self: socket.socket, address: Any) -> None:
+        raise AssertionError(f"unit test tried to connect to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+
+
+@dataclass
+class Lineage:
+    """The fake ``run_context``: a fixed dict per task; ``calls`` counts the look-ups."""
+
+    calls: list[Any] = field(default_factory=list)
+
+    def __call__(self, context: Any) -> dict[str, str]:
+        self.calls.append(context)
+        return {
+            "actor": "alice",
+            "interface": "ui",
+            "dagId": context["dag_run"].dag_id,
+            "runId": context["dag_run"].run_id,
+            "taskId": context["ti"].task_id,
+        }
+
+
+@pytest.fixture(autouse=True)
+def lineage(monkeypatch: pytest.MonkeyPatch) -> Lineage:
+    """``run_context`` of base.py and lock.py replaced (the real one calls Airflow's REST API)."""
+    fake = Lineage()
+    monkeypatch.setattr(base_module, "run_context", fake)
+    monkeypatch.setattr(lock_module, "run_context", fake)
+    return fake
+
+
+# --------------------------------------------------------------------------- Airflow's context
+
+
+class FakeTI:
+    """``ti``: ``xcom_pull`` answers from ``xcoms`` ({task_id: value} or {(task_id, key): value})."""
+
+    def __init__(self, task_id: str, xcoms: dict[Any, Any] | None = None) -> None:
+        self.task_id = task_id
+        self.xcoms = dict(xcoms or {})
+        self.pulls: list[tuple[Any, str]] = []
+
+    def xcom_pull(self, task_ids: Any = None, key: str = "return_value", **_: Any) -> Any:
+        self.pulls.append((task_ids, key))
+        if key == "return_value":
+            return self.xcoms.get(task_ids)
+        return self.xcoms.get((task_ids, key))
+
+
+def make_context(
+    task_id: str,
+    xcoms: dict[Any, Any] | None = None,
+    *,
+    dag_id: str = "model_deploy",
+    run_id: str = "manual__2026-01-01T00:00:00",
+) -> dict[str, Any]:
+    return {
+        "ti": FakeTI(task_id, xcoms),
+        "dag_run": SimpleNamespace(dag_id=dag_id, run_id=run_id, run_type="manual", triggering_user_name="alice"),
+        "outlet_events": defaultdict(lambda: SimpleNamespace(extra={})),
+    }
+
+
+def exported(version: int, *, action: str = "release", model: str = MODEL, sha: str = SHA) -> dict[str, Any]:
+    """The export step's XCom for ``version``."""
+    return {
+        "model": model,
+        "version": version,
+        "uri": f"webhdfs://namenode/models/{model}/{version}",
+        "manifest_sha256": sha,
+        "source": "/data/saved_model",
+        "created": True,
+        "action": action,
+        "reason": "test",
+    }
+
+
+def inject(op: Any, *, registry: Any = None, service: Any = None) -> Any:
+    """Put fakes where the operator's cached properties look first (the instance dict)."""
+    if registry is not None:
+        op.__dict__["registry"] = registry
+    if service is not None:
+        op.__dict__["service"] = service
+    return op
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass
+class Write:
+    method: str
+    model: str
+    args: dict[str, Any]
+
+
+class FakeRegistry:
+    """The registry's behaviour as the operators see it through ``RegistryHook``: the state machine
+    (``check_transition``), production superseding on promotion, ``expected`` (LostRace), locks (LockHeld),
+    NotFound for unknown models/versions. Every write is appended to ``writes``; ``fail[method] = exc``
+    makes that method raise."""
+
+    def __init__(self) -> None:
+        self.versions: dict[tuple[str, int], VersionRecord] = {}
+        self.models: set[str] = set()
+        self.locks: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[tuple[str, str, str], int] = {}
+        self.health: list[tuple[str, HealthRecord]] = []
+        self.writes: list[Write] = []
+        self.reads: list[tuple[str, str]] = []
+        self.fail: dict[str, BaseException] = {}
+
+    # ---------------------------------------------------------------- test helpers
+
+    def seed(self, version: int, state: ModelState | str, *, model: str = MODEL, **fields: Any) -> VersionRecord:
+        fields.setdefault("hdfs_uri", f"webhdfs://namenode/models/{model}/{version}")
+        fields.setdefault("manifest_sha256", SHA)
+        record = VersionRecord(model=model, version=version, state=ModelState(state), **fields)
+        self.versions[(model, version)] = record
+        self.models.add(model)
+        return record
+
+    def state(self, version: int, model: str = MODEL) -> ModelState:
+        return self.versions[(model, version)].state
+
+    def writes_of(self, method: str) -> list[Write]:
+        return [w for w in self.writes if w.method == method]
+
+    def transitions(self) -> list[tuple[int, str, str]]:
+        """(version, from, to) of every transition written, superseding included."""
+        return [(w.args["version"], w.args["from"], w.args["to"]) for w in self.writes_of("transition")]
+
+    def _check(self, method: str) -> None:
+        if method in self.fail:
+            raise self.fail[method]
+
+    def _write(self, method: str, model: str, **args: Any) -> None:
+        self.writes.append(Write(method, model, args))
+
+    def _record(self, model: str, version: int) -> VersionRecord:
+        try:
+            return self.versions[(model, version)]
+        except KeyError:
+            raise NotFound(f"version {version} of model {model!r} not found") from None
+
+    # ---------------------------------------------------------------- models and versions
+
+    def get_model(self, model: str) -> ModelRecord:
+        self._check("get_model")
+        self.reads.append(("get_model", model))
+        if model not in self.models and model not in self.locks:
+            raise NotFound(f"model {model!r} not found")
+        lock = self.locks.get(model)
+        info = (
+            LockInfo(lock["holder"], lock["run_id"], lock["expires_at"], lock["expires_at"] <= utcnow())
+            if lock
+            else None
+        )
+        states = {v: r.state for (m, v), r in self.versions.items() if m == model}
+        production = next((v for v, s in states.items() if s == ModelState.PRODUCTION), None)
+        canary = next((v for v, s in states.items() if s == ModelState.CANARY), None)
+        return ModelRecord(
+            model=model,
+            production_version=production,
+            canary_version=canary,
+            latest_version=max(states, default=None),
+            lock=info,
+        )
+
+    def production_version(self, model: str) -> int | None:
+        try:
+            return self.get_model(model).production_version
+        except NotFound:
+            return None
+
+    def get_version(self, model: str, version: int) -> VersionRecord:
+        self._check("get_version")
+        self.reads.append(("get_version", model))
+        return self._record(model, version)
+
+    def register_version(
+        self,
+        model: str,
+        *,
+        version: int | None,
+        hdfs_uri: str,
+        manifest_sha256: str,
+        source: str = "",
+        reason: str = "",
+        context: Any,
+    ) -> VersionRecord:
+        self._check("register_version")
+        if version is None:
+            version = max((v for m, v in self.versions if m == model), default=0) + 1
+        existing = self.versions.get((model, version))
+        if existing is not None:
+            if (existing.manifest_sha256, existing.hdfs_uri) == (manifest_sha256, hdfs_uri):
+                return existing  # the same content again: a no-op, nothing written
+            raise Conflict(f"version {version} of model {model!r} already exists with different content")
+        record = VersionRecord(
+            model=model,
+            version=version,
+            state=ModelState.REGISTERED,
+            hdfs_uri=hdfs_uri,
+            manifest_sha256=manifest_sha256,
+            source=source,
+            run_id=context["runId"],
+            dag_id=context["dagId"],
+            created_by=context["actor"],
+        )
+        self.versions[(model, version)] = record
+        self.models.add(model)
+        self._write("register_version", model, version=version, reason=reason, context=dict(context))
+        return record
+
+    def update_report(
+        self,
+        model: str,
+        version: int,
+        *,
+        metrics: dict | None = None,
+        validation_report: dict | None = None,
+        signatures: dict | None = None,
+        context: Any,
+    ) -> VersionRecord:
+        self._check("update_report")
+        record = self._record(model, version)
+        if record.state != ModelState.REGISTERED:
+            raise Conflict(f"version {version} of {model!r} is {record.state}; reports only change while registered")
+        changes = {
+            k: v
+            for k, v in {"metrics": metrics, "validation_report": validation_report, "signatures": signatures}.items()
+            if v is not None
+        }
+        record = replace(record, **changes)
+        self.versions[(model, version)] = record
+        self._write("update_report", model, version=version, context=dict(context), **changes)
+        return record
+
+    def transition(
+        self,
+        model: str,
+        version: int,
+        to: ModelState | str,
+        *,
+        reason: str = "",
+        expected: ModelState | str | None = None,
+        details: dict | None = None,
+        context: Any,
+    ) -> VersionRecord:
+        self._check("transition")
+        record = self._record(model, version)
+        if expected is not None and record.state != ModelState(expected):
+            raise LostRace(f"version {version} of {model!r} is {record.state}, not {expected}")
+        src, dst = check_transition(record.state, to)  # IllegalTransition, as the registry answers
+        if dst == ModelState.PRODUCTION:
+            current = self.production_version(model)
+            if current not in (None, version):
+                self.versions[(model, current)] = replace(self.versions[(model, current)], state=ModelState.SUPERSEDED)
+                self._write(
+                    "transition",
+                    model,
+                    version=current,
+                    to=ModelState.SUPERSEDED.value,
+                    reason=f"superseded by version {version}",
+                    expected=None,
+                    details={},
+                    context=dict(context),
+                    **{"from": ModelState.PRODUCTION.value},
+                )
+        record = replace(record, state=dst)
+        self.versions[(model, version)] = record
+        self._write(
+            "transition",
+            model,
+            version=version,
+            to=dst.value,
+            reason=reason,
+            expected=None if expected is None else ModelState(expected).value,
+            details=details or {},
+            context=dict(context),
+            **{"from": src.value},
+        )
+        return record
+
+    # ---------------------------------------------------------------- deployments and health
+
+    def set_deployment(
+        self, model: str, target: str, label: str, version: int, *, reason: str = "", context: Any
+    ) -> int | None:
+        self._check("set_deployment")
+        self._record(model, version)
+        previous = self.deployments.get((model, target, label))
+        self.deployments[(model, target, label)] = version
+        self._write(
+            "set_deployment", model, target=target, label=label, version=version, reason=reason, context=dict(context)
+        )
+        return previous
+
+    def clear_deployment(self, model: str, target: str, label: str, *, reason: str = "", context: Any) -> None:
+        self._check("clear_deployment")
+        self.deployments.pop((model, target, label), None)
+        self._write("clear_deployment", model, target=target, label=label, reason=reason, context=dict(context))
+
+    def record_health(
+        self, model: str, *, version: int, target: str, status: str, details: dict | None = None, context: Any
+    ) -> HealthRecord:
+        self._check("record_health")
+        record = HealthRecord(version, target, status, dict(details or {}), utcnow())
+        self.health.append((model, record))
+        self._write("record_health", model, version=version, target=target, status=status, context=dict(context))
+        return record
+
+    def latest_health(self, model: str, *, limit: int = 1) -> list[HealthRecord]:
+        self._check("latest_health")
+        return [r for m, r in reversed(self.health) if m == model][:limit]
+
+    # ---------------------------------------------------------------- the deployment lock
+
+    def hold_lock(self, *, holder: str, run_id: str, expires_in: float, model: str = MODEL) -> str:
+        """Test helper: another run holds the lock (negative ``expires_in``: it expired)."""
+        token = secrets.token_hex(8)
+        self.locks[model] = {
+            "holder": holder,
+            "run_id": run_id,
+            "token": token,
+            "expires_at": utcnow() + dt.timedelta(seconds=expires_in),
+        }
+        return token
+
+    def acquire_lock(self, model: str, *, holder: str, run_id: str, ttl_seconds: float, context: Any) -> Lease:
+        self._check("acquire_lock")
+        now = utcnow()
+        lock = self.locks.get(model)
+        if lock is not None and lock["expires_at"] > now:
+            if lock["run_id"] == run_id and lock["holder"] == holder and run_id:
+                lock["expires_at"] = now + dt.timedelta(seconds=ttl_seconds)  # the same run again: extended
+                self._write("acquire_lock", model, holder=holder, extended=True, context=dict(context))
+                return Lease(model, lock["token"], holder, run_id, lock["expires_at"])
+            raise LockHeld(f"model {model!r} is being deployed by {lock['holder']} until {lock['expires_at']}")
+        token = secrets.token_hex(8)
+        expires = now + dt.timedelta(seconds=ttl_seconds)
+        self.locks[model] = {"holder": holder, "run_id": run_id, "token": token, "expires_at": expires}
+        self.models.add(model)
+        self._write("acquire_lock", model, holder=holder, extended=False, context=dict(context))
+        return Lease(model, token, holder, run_id, expires)
+
+    def release_lock(self, model: str, token: str, *, context: Any = None) -> None:
+        self._check("release_lock")
+        lock = self.locks.get(model)
+        if lock is None:
+            return
+        if lock["token"] != token:
+            raise Conflict(f"lock of model {model!r} is held by {lock['holder']}, not with this token")
+        del self.locks[model]
+        self._write("release_lock", model, holder=lock["holder"], context=context)
+
+
+@pytest.fixture
+def registry() -> FakeRegistry:
+    return FakeRegistry()
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class FakeServing:
+    """TF Serving's REST side for smoke tests: ``answer(model, instances, version=, label=)`` gives the
+    predictions; ``signatures`` are listed in the metadata; ``fail_every`` makes every n-th predict raise."""
+
+    def __init__(self, answer: Callable[..., list[Any]] | None = None) -> None:
+        self.answer = answer or (lambda model, instances, **where: [0.0 for _ in instances])
+        self.signatures = ["serving_default"]
+        self.fail_every: int | None = None
+        self.predicts: list[dict[str, Any]] = []
+        self.metadatas: list[dict[str, Any]] = []
+
+    def predict(
+        self,
+        model: str,
+        instances: list[Any],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str | None = None,
+    ) -> dict[str, Any]:
+        self.predicts.append({"version": version, "label": label, "signature_name": signature_name})
+        if self.fail_every and len(self.predicts) % self.fail_every == 0:
+            raise RuntimeError("HTTP 500 from the fake server")
+        return {"predictions": self.answer(model, instances, version=version, label=label)}
+
+    def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        self.metadatas.append({"version": version, "label": label})
+        return {
+            "model_spec": {"name": model, "version": str(version or 0)},
+            "metadata": {"signature_def": {"signature_def": {s: {} for s in self.signatures}}},
+        }
+
+
+class FakeService:
+    """``ServingTargetService`` over a dict: ``config`` holds the models.config entries (``ServedModel``),
+    ``staged`` the versions on the host's disk. ``change`` applies an edit as the real one does (no-op when
+    equal, validated with ``build_model_config``, label phases counted, dropped versions unstaged) and returns
+    a real ``ConfigChange``. ``fail_change`` / ``fail_stage`` make those raise (the config stays unchanged);
+    ``label_answers[label]`` overrides what ``label_version`` reports."""
+
+    def __init__(self, name: str = TARGET, *, serving: FakeServing | None = None) -> None:
+        self.target = SimpleNamespace(
+            name=name, container_name="tfserving-local", image="local/tfserving-compat:latest", model_root="/srv"
+        )
+        self.host = SimpleNamespace(
+            config_path="/srv/models.config", container_base_path=lambda model: f"/models/{model}"
+        )
+        self.serving = serving or FakeServing()
+        self.config: dict[str, ServedModel] = {}
+        self.staged: set[tuple[str, int]] = set()
+        self.calls: dict[str, int] = defaultdict(int)
+        self.stage_calls: list[dict[str, Any]] = []
+        self.changes: list[ConfigChange] = []
+        self.discarded: list[tuple[str, int]] = []
+        self.fail_change: BaseException | None = None
+        self.fail_stage: BaseException | None = None
+        self.label_answers: dict[str, int] = {}
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def serve(self, *versions: int, model: str = MODEL, **labels: int) -> ServedModel:
+        """Test helper: the config serves ``versions`` with ``labels`` (and they are staged)."""
+        entry = ServedModel(name=model, base_path=f"/models/{model}", versions=versions, labels=labels)
+        self.config[model] = entry
+        self.staged |= {(model, v) for v in versions}
+        return entry
+
+    def stage(self, store: Any, model: str, version: int, *, manifest_sha256: str) -> str:
+        self.calls["stage"] += 1
+        self.stage_calls.append({"store": store, "model": model, "version": version, "sha": manifest_sha256})
+        if self.fail_stage is not None:
+            raise self.fail_stage
+        self.staged.add((model, version))
+        return f"/models/{model}"
+
+    def discard(self, model: str, version: int) -> None:
+        self.calls["discard"] += 1
+        self.discarded.append((model, version))
+        entry = self.config.get(model)
+        if entry is None or version not in entry.versions:
+            self.staged.discard((model, version))
+
+    def entry(self, model: str) -> ServedModel | None:
+        self.calls["entry"] += 1
+        return self.config.get(model)
+
+    def change(self, model: str, edit: Callable[[ServedModel | None], ServedModel | None]) -> ConfigChange:
+        self.calls["change"] += 1
+        before = self.config.get(model)
+        after = edit(before)
+        if after is not None and after.name != model:
+            raise ValueError(f"an edit of {model!r} returned an entry for {after.name!r}")
+        if after == before:
+            change = ConfigChange(model, before, after, phases=0, container_created=False)
+            self.changes.append(change)
+            return change
+        steps = label_phases(before, after)
+        for step in steps:
+            build_model_config(with_entry(list(self.config.values()), step, model))  # the real validation
+        if self.fail_change is not None:
+            raise self.fail_change  # the real service restores the previous config: nothing changed
+        if after is None:
+            self.config.pop(model, None)
+        else:
+            self.config[model] = after
+        change = ConfigChange(model, before, after, phases=len(steps), container_created=before is None)
+        for version in change.dropped:
+            self.staged.discard((model, version))
+        self.changes.append(change)
+        return change
+
+    def label_version(self, model: str, label: str) -> int:
+        self.calls["label_version"] += 1
+        if label in self.label_answers:
+            return self.label_answers[label]
+        return self.config[model].labels[label]
+
+
+@pytest.fixture
+def service() -> FakeService:
+    return FakeService()
+
+
+# --------------------------------------------------------------------------- the model store (HDFS)
+
+
+class FakeModelStore:
+    """``ModelStoreHook`` over dicts: ``published[(model, version)]`` = manifest sha256. ``remote`` maps HDFS
+    paths to local directories (for ``download_tree``). ``constructed`` records the hook's arguments."""
+
+    def __init__(self) -> None:
+        self.max_workers = 2
+        self.published: dict[tuple[str, int], str] = {}
+        self.remote: dict[str, Path] = {}
+        self.constructed: list[tuple[tuple, dict]] = []
+        self.publish_calls: list[dict[str, Any]] = []
+        self.fetches: list[dict[str, Any]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FakeModelStore:  # stands in for the class
+        self.constructed.append((args, kwargs))
+        return self
+
+    def find_version(self, model: str, digest: str) -> int | None:
+        return next((v for (m, v), d in sorted(self.published.items()) if m == model and d == digest), None)
+
+    def next_version(self, model: str) -> int:
+        return max((v for m, v in self.published if m == model), default=0) + 1
+
+    def publish(self, local: str, model: str, version: int, *, manifest: Any) -> PublishResult:
+        files = sorted(p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file())
+        digest = manifest_sha256(encode_manifest(manifest))
+        self.publish_calls.append({"local": local, "model": model, "version": version, "files": files})
+        existing = self.published.get((model, version))
+        if existing is not None and existing != digest:
+            raise VersionConflict(
+                model=model,
+                version=version,
+                path=f"/models/{model}/{version}",
+                existing_sha256=existing,
+                new_sha256=digest,
+            )
+        self.published[(model, version)] = digest
+        return PublishResult(
+            model=model,
+            version=version,
+            uri=f"webhdfs://namenode/models/{model}/{version}",
+            manifest_sha256=digest,
+            files=len(files),
+            bytes=sum((Path(local) / f).stat().st_size for f in files),
+            created=existing is None,
+        )
+
+    def download_tree(self, hdfs_path: str, local_dir: Any) -> Path:
+        src = self.remote[hdfs_path]
+        shutil.copytree(src, Path(local_dir) / Path(hdfs_path).name)
+        return Path(local_dir)
+
+    def fetch(self, model: str, version: int, local_dir: Any, **kwargs: Any) -> Path:
+        self.fetches.append({"model": model, "version": version, **kwargs})
+        return Path(local_dir)
+
+
+@pytest.fixture
+def store() -> FakeModelStore:
+    return FakeModelStore()
+
+
+# --------------------------------------------------------------------------- notifiers
+
+
+class RecordingNotifier(BaseNotifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notified: list[Any] = []
+
+    def notify(self, context: Any) -> None:
+        self.notified.append(context)
+
+
+class RecordingAlertNotifier(DeploymentAlertNotifier):
+    """The default notifier's message handling, without writing the stack's alerts.log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def notify(self, context: Any) -> None:
+        self.sent.append(self.message)
