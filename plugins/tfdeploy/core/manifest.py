@@ -257,3 +257,12 @@ def numeric_versions(children: Iterable[tuple[str, dict[str, Any]]]) -> list[int
     """Versions among a model dir's children (name, FileStatus): directories TF Serving reads as a version."""
     versions = {parse_version_dir(name) for name, status in children if status["type"] == "DIRECTORY"}
     return sorted(v for v in versions if v is not None)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries (a rename into it) durable, as the last step of placing a version tree."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

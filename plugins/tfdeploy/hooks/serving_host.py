@@ -45,7 +45,7 @@ from tfdeploy.core.errors import (
     SharedDiskRequired,
     StagingConflict,
 )
-from tfdeploy.core.manifest import MANIFEST_NAME, build_manifest, parse_manifest, verify_tree
+from tfdeploy.core.manifest import MANIFEST_NAME, build_manifest, fsync_dir, parse_manifest, verify_tree
 from tfdeploy.core.models_config import ServedModel, parse_text, served_models, to_text
 from tfdeploy.core.names import check_version, parse_version_dir, validate_model_name
 
@@ -249,7 +249,7 @@ class ServingHostHook(BaseHook):
                     + "; nothing was staged. Check the source and stage again.",
                     path=problems[0].path,
                 )
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, dest)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -260,7 +260,7 @@ class ServingHostHook(BaseHook):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(model_dir)
+        fsync_dir(model_dir)
         self.log.info("staged version %s of %s at %s", version, model, dest)
         return self.container_base_path(model)
 
@@ -322,7 +322,7 @@ class ServingHostHook(BaseHook):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(self.model_root)
+        fsync_dir(self.model_root)
         return f"{CONTAINER_ROOT}/{CONFIG_NAME}"
 
     def _check_aliases(self, model_dir: Path, version: int) -> None:
@@ -548,14 +548,6 @@ def _copy_synced(src: str, dst: str) -> str:
     with open(dst, "rb") as fh:
         os.fsync(fh.fileno())
     return dst
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _logs(container: Container, tail: int) -> str:

@@ -22,7 +22,14 @@ import pytest
 from airflow.sdk import BaseNotifier
 from airflow.sdk.bases.operator import ExecutorSafeguard
 
-from tfdeploy.core.errors import Conflict, LockHeld, LostRace, NotFound, VersionConflict
+from tfdeploy.core.errors import (
+    Conflict,
+    LockHeld,
+    LostRace,
+    NotFound,
+    VersionConflict,
+    VersionNotAvailable,
+)
 from tfdeploy.core.manifest import encode_manifest, manifest_sha256
 from tfdeploy.core.models_config import ServedModel, build_model_config
 from tfdeploy.core.states import ModelState, check_transition
@@ -455,7 +462,8 @@ class FakeService:
     ``staged`` the versions on the host's disk. ``change`` applies an edit as the real one does (no-op when
     equal, validated with ``build_model_config``, label phases counted, dropped versions unstaged) and returns
     a real ``ConfigChange``. ``fail_change`` / ``fail_stage`` make those raise (the config stays unchanged);
-    ``label_answers[label]`` overrides what ``label_version`` reports."""
+    ``label_answers[label]`` overrides what ``label_version`` reports. A version that is not staged never
+    becomes AVAILABLE (``VersionNotAvailable``), as on a real host."""
 
     def __init__(self, name: str = TARGET, *, serving: FakeServing | None = None) -> None:
         self.target = SimpleNamespace(
@@ -520,6 +528,15 @@ class FakeService:
             build_model_config(with_entry(list(self.config.values()), step, model))  # the real validation
         if self.fail_change is not None:
             raise self.fail_change  # the real service restores the previous config: nothing changed
+        missing = sorted(v for v in (after.versions if after else ()) if (model, v) not in self.staged)
+        if missing:  # TF Serving cannot load what is not on the host's disk; the config is restored
+            raise VersionNotAvailable(
+                f"{model} v{missing[0]} did not become AVAILABLE: not staged",
+                model=model,
+                version=missing[0],
+                state=None,
+                error_message="not found on disk",
+            )
         if after is None:
             self.config.pop(model, None)
         else:

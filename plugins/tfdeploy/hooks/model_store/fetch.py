@@ -13,7 +13,7 @@ from hdfs import HdfsError
 
 from tfdeploy.core import manifest as mf
 from tfdeploy.core.errors import ChecksumMismatch, ModelStoreError
-from tfdeploy.core.manifest import CHUNK_SIZE, MANIFEST_NAME, TEMP_PREFIX, Manifest, Mismatch
+from tfdeploy.core.manifest import CHUNK_SIZE, MANIFEST_NAME, TEMP_PREFIX, Manifest, Mismatch, fsync_dir
 from tfdeploy.core.names import check_version, parse_version_dir
 
 if TYPE_CHECKING:
@@ -62,8 +62,8 @@ def fetch_version(
         _write(tmp / MANIFEST_NAME, data, durable=durable)
         if durable:
             for rel in sorted(manifest["directories"], key=lambda r: r.count("/"), reverse=True):
-                _fsync_dir(tmp / rel)
-            _fsync_dir(tmp)
+                fsync_dir(tmp / rel)
+            fsync_dir(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -75,7 +75,7 @@ def fetch_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if durable:
-        _fsync_dir(parent)
+        fsync_dir(parent)
     return final
 
 
@@ -201,11 +201,3 @@ def _write(path: Path, data: bytes, *, durable: bool) -> None:
         if durable:
             fh.flush()
             os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

