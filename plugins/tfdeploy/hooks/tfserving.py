@@ -4,9 +4,9 @@ Works against any server with TF Serving's interface (``tensorflow/serving`` in 
 where only gRPC offers the call (config reload) or gives typed answers (model status); REST where the
 pipeline's smoke tests speak what clients speak (``:predict`` in row format, metadata).
 
-One gRPC channel and one HTTP session per hook, both built on first use. The ``tensorflow_serving.apis``
-stubs import TensorFlow's protos (a few seconds), so they are imported on first gRPC use, not with this
-module: DAG files can import the hook cheaply.
+One gRPC channel and one HTTP session per hook, both built on first use. The ModelService calls use the
+wire-compatible messages of ``tfdeploy.core.model_service``: TF Serving's generated modules for them import
+TensorFlow (about 2 s and 600 MB per task process), which a task that only reloads a server must not pay.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import grpc
 import requests
 from airflow.sdk.bases.hook import BaseHook
 
+from tfdeploy.core import model_service as ms
 from tfdeploy.core.errors import (
     ServingReloadError,
     ServingRequestError,
@@ -110,16 +111,20 @@ class TFServingHook(BaseHook):
         )
 
     @cached_property
-    def model_service(self) -> Any:
-        from tensorflow_serving.apis import model_service_pb2_grpc
-
-        return model_service_pb2_grpc.ModelServiceStub(self.channel)
+    def _reload_call(self) -> Any:
+        return self.channel.unary_unary(
+            ms.RELOAD_METHOD,
+            request_serializer=ms.ReloadConfigRequest.SerializeToString,
+            response_deserializer=ms.ReloadConfigResponse.FromString,
+        )
 
     @cached_property
-    def prediction_service(self) -> Any:
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-        return prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+    def _status_call(self) -> Any:
+        return self.channel.unary_unary(
+            ms.STATUS_METHOD,
+            request_serializer=ms.GetModelStatusRequest.SerializeToString,
+            response_deserializer=ms.GetModelStatusResponse.FromString,
+        )
 
     @cached_property
     def session(self) -> requests.Session:
@@ -134,8 +139,8 @@ class TFServingHook(BaseHook):
         """Close the gRPC channel and the HTTP session if they were opened; the hook can be used again after."""
         if "channel" in self.__dict__:
             self.__dict__.pop("channel").close()
-            self.__dict__.pop("model_service", None)
-            self.__dict__.pop("prediction_service", None)
+            self.__dict__.pop("_reload_call", None)
+            self.__dict__.pop("_status_call", None)
         if "session" in self.__dict__:
             self.__dict__.pop("session").close()
 
@@ -156,13 +161,10 @@ class TFServingHook(BaseHook):
         ``timeout`` defaults to the hook's. Raises :class:`ServingReloadError` with the gRPC code and TF
         Serving's message (the server's previous config stays in force, except on DEADLINE_EXCEEDED).
         """
-        from tensorflow_serving.apis import model_management_pb2
-
-        request = model_management_pb2.ReloadConfigRequest()
-        request.config.CopyFrom(config)
+        request = ms.ReloadConfigRequest(config=config.SerializeToString())
         wait = self.timeout if timeout is None else timeout
         try:
-            response = self.model_service.HandleReloadConfigRequest(request, timeout=wait)
+            response = self._reload_call(request, timeout=wait)
         except grpc.RpcError as exc:
             code, details = _rpc_code(exc), _rpc_details(exc)
             raise ServingReloadError(
@@ -188,12 +190,11 @@ class TFServingHook(BaseHook):
         States: START, LOADING, AVAILABLE, UNLOADING, END (unloaded, or failed: then the message is the load
         error). ``{}`` if the server does not know the model. Raises :class:`ServingRpcError` otherwise.
         """
-        from tensorflow_serving.apis import get_model_status_pb2
+        from tensorflow_serving.apis.model_pb2 import ModelSpec
 
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = model
+        request = ms.GetModelStatusRequest(model_spec=ModelSpec(name=model).SerializeToString())
         try:
-            response = self.model_service.GetModelStatus(request, timeout=self.timeout)
+            response = self._status_call(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             code, details = _rpc_code(exc), _rpc_details(exc)
             if code == "NOT_FOUND":
@@ -204,9 +205,8 @@ class TFServingHook(BaseHook):
                 code=code,
                 details=details,
             ) from exc
-        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
         return {
-            int(entry.version): (state_name(entry.state), entry.status.error_message)
+            int(entry.version): (ms.STATES.get(entry.state, str(entry.state)), entry.status.error_message)
             for entry in response.model_version_status
         }
 
