@@ -15,6 +15,8 @@ payloads are the library's own messages: a ``ModelServerConfig`` (``tensorflow_s
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 SERVICE = "/tensorflow.serving.ModelService/"
@@ -29,7 +31,7 @@ _OPTIONAL, _REPEATED = 1, 3
 _PACKAGE = "tfdeploy.model_service"
 
 
-def _build() -> dict[str, type]:
+def _build() -> dict[str, Any]:
     pool = descriptor_pool.DescriptorPool()
     fdp = descriptor_pb2.FileDescriptorProto(name="tfdeploy/model_service.proto", package=_PACKAGE, syntax="proto3")
 

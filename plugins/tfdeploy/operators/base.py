@@ -122,8 +122,9 @@ def typed(value: Any, kind: type | tuple[type, ...], name: str, *, optional: boo
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, kind):
+        kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise TypeError(
-            f"{name} must be {getattr(kind, '__name__', kind)}{' or empty' if optional else ''}, got {value!r}; "
+            f"{name} must be {kinds}{' or empty' if optional else ''}, got {value!r}; "
             "the DAG renders templates as native objects (render_template_as_native_obj=True)"
         )
     return value

@@ -91,5 +91,5 @@ class ReleaseLockOperator(DeployStep):
         if not lease:
             self.log.info("this run never held the lock of %s", model)
             return
-        self.registry.release_lock(model, lease["token"])
+        self.registry.release_lock(model, lease["token"], context=self.lineage(context))
         self.log.info("released the deployment lock of %s", model)

@@ -37,7 +37,7 @@ class ManualRollbackOperator(ServingStep):
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
         version = typed(self.version, int, "version")
-        if not str(self.reason).strip():
+        if not isinstance(self.reason, str) or not self.reason.strip():
             raise AirflowFailException("a manual rollback needs a reason (it goes into the registry's history)")
         record = self.registry.get_version(model, version)
         current = self.registry.production_version(model)

@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfdeploy.core.models_config import ServedModel
 from tfdeploy.core.states import ModelState
+from tfdeploy.hooks.model_store import ModelStoreHook
 from tfdeploy.notifiers import DeploymentAlertNotifier
 from tfdeploy.operators.base import ServingStep, upstream_value
 
@@ -23,15 +24,23 @@ class RollbackOperator(ServingStep):
     """Restores the stable version that served before this run (trigger rule ``one_failed``).
 
     :param notifiers: Airflow notifiers told about the rollback (default: ``DeploymentAlertNotifier``).
+    :param webhdfs_conn_id: the HDFS provider's Connection (to stage the previous version again if needed).
     :param serving_target: the serving target's name.
     :param serving_image: the serving image; empty: the configured ``SERVING_IMAGE``.
     :param rollout_task_id: the rollout task, whose result names the stable version before this run.
     """
 
-    def __init__(self, *, notifiers: list[BaseNotifier] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        notifiers: list[BaseNotifier] | None = None,
+        webhdfs_conn_id: str = "webhdfs_default",
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trigger_rule", "one_failed")
         super().__init__(**kwargs)
         self.notifiers = notifiers if notifiers is not None else [DeploymentAlertNotifier()]
+        self.webhdfs_conn_id = webhdfs_conn_id
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
@@ -78,8 +87,16 @@ class RollbackOperator(ServingStep):
         return {"model": model, "version": version, "restored": previous, "failed_step": failed_step, "served": served}
 
     def _restore(self, model: str, version: int, previous: int | None) -> list[int]:
-        """One config change back to ``previous`` as stable (or nothing); checks ``stable`` answers from it."""
+        """One config change back to ``previous`` as stable (or nothing); checks ``stable`` answers from it.
+
+        ``previous`` is staged again from the model store first if the config no longer serves it (a promote
+        that unloaded it with ``keep_versions=1`` and then failed).
+        """
         service = self.service
+        entry = service.entry(model)
+        if previous is not None and (entry is None or previous not in entry.versions):
+            record = self.registry.get_version(model, previous)
+            service.stage(ModelStoreHook(self.webhdfs_conn_id), model, previous, manifest_sha256=record.manifest_sha256)
 
         def restore(entry: ServedModel | None) -> ServedModel | None:
             if previous is None:

@@ -9,7 +9,17 @@ from typing import Any
 import numpy as np
 from airflow.sdk.exceptions import AirflowFailException
 
+from tfdeploy.core.errors import ServingError
 from tfdeploy.operators.base import ServingStep, typed
+
+
+def instances(golden_inputs: Any) -> list[Any]:
+    """TF Serving's row format from the golden inputs: a list of rows as it is, or ``{input: rows}`` turned
+    into one ``{input: value}`` object per row (named inputs)."""
+    if not isinstance(golden_inputs, dict):
+        return list(golden_inputs)
+    count = len(next(iter(golden_inputs.values()), []))
+    return [{name: values[i] for name, values in golden_inputs.items()} for i in range(count)]
 
 
 class SmokeTestOperator(ServingStep):
@@ -53,13 +63,23 @@ class SmokeTestOperator(ServingStep):
         service = self.service
         serving = service.serving
         problems: list[str] = []
-        rows = report["goldenInputs"]
+        rows = instances(report["goldenInputs"])
         expected = np.asarray(report["goldenPredictions"], dtype=np.float64)
         signature = report.get("signatureName") or "serving_default"
         output_key = report.get("outputKey")
         for how, kwargs in (("version", {"version": version}), ("label canary", {"label": "canary"})):
-            got = serving.predict(model, rows, signature_name=signature, **kwargs)["predictions"]
+            try:
+                got = serving.predict(model, rows, signature_name=signature, **kwargs)["predictions"]
+            except ServingError as exc:
+                problems.append(f"golden inputs via {how} were not answered: {exc}")
+                continue
             got_arr = np.asarray([g[output_key] if isinstance(g, dict) else g for g in got], dtype=np.float64)
+            if got_arr.size != expected.size:
+                problems.append(
+                    f"served outputs via {how} have {got_arr.size} values, validation's {expected.size} "
+                    f"(shape {list(got_arr.shape)} against {list(expected.shape)})"
+                )
+                continue
             diff = float(np.max(np.abs(got_arr.reshape(expected.shape) - expected))) if got_arr.size else float("inf")
             self.log.info("parity via %s: max |served - validated| = %.3g (tolerance %s)", how, diff, tolerance)
             if not diff <= tolerance:

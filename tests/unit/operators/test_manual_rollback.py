@@ -92,12 +92,7 @@ def test_rerun_is_a_noop(registry: FakeRegistry, service: FakeService, fake_stor
     [
         "",
         "   ",
-        pytest.param(
-            None,
-            marks=pytest.mark.xfail(
-                strict=True, reason="minor, manual_rollback.py: str(None).strip() is 'None', so None passes the check"
-            ),
-        ),
+        None,
     ],
 )
 def test_reason_is_required(

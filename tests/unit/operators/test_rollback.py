@@ -10,6 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from tests.unit.operators.conftest import (
     MODEL,
     TARGET,
+    FakeModelStore,
     FakeRegistry,
     FakeService,
     RecordingAlertNotifier,
@@ -21,6 +22,7 @@ from tests.unit.operators.conftest import (
 from tfdeploy.core.errors import ServingReloadError
 from tfdeploy.core.models_config import ServedModel
 from tfdeploy.notifiers import DeploymentAlertNotifier
+from tfdeploy.operators import rollback as rollback_module
 from tfdeploy.operators.rollback import RollbackOperator
 
 
@@ -232,12 +234,10 @@ def test_preset_alert_message_is_kept(registry: FakeRegistry, service: FakeServi
     assert rb.alert.sent == ["custom page"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AirflowFailException,
-    reason="BUG rollback.py _restore: never stages `previous`; promote with keep_versions=1 removed its staged copy",
-)
-def test_previous_unloaded_by_a_failed_promotion_is_staged_again(registry: FakeRegistry, service: FakeService) -> None:
+def test_previous_unloaded_by_a_failed_promotion_is_staged_again(
+    registry: FakeRegistry, service: FakeService, monkeypatch: pytest.MonkeyPatch, store: FakeModelStore
+) -> None:
+    monkeypatch.setattr(rollback_module, "ModelStoreHook", store)
     registry.seed(1, "production")
     registry.seed(2, "canary")
     # promote with keep_versions=1 dropped v1 and its staged copy, then its registry write failed
@@ -246,3 +246,7 @@ def test_previous_unloaded_by_a_failed_promotion_is_staged_again(registry: FakeR
     result = Rollback(registry, service).execute(context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}))
 
     assert result["served"] == [1]
+    # staged again from the model store, pinned to the registered manifest, before the config change
+    assert [(c["model"], c["version"], c["sha"]) for c in service.stage_calls] == [
+        (MODEL, 1, registry.get_version(MODEL, 1).manifest_sha256)
+    ]
