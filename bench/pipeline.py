@@ -21,8 +21,9 @@
    plain single-stream WebHDFS upload of the same files (`hdfs` client, n_threads=1), in this script.
 Needs the stack (`make up`). Results: bench/results/pipeline.{json,md}.
 
-The stack is the one `TFDEPLOY_STACK` names (default `dev`); ports, state and the serving image come from
-`tfdeploy.settings`. Against the test stack: `TFDEPLOY_STACK=test .venv/bin/python bench/pipeline.py`.
+The stack is the one `TFDEPLOY_STACK` names, by default the TEST stack (`make test`'s own: the benchmark's
+models never land in your registry); ports, state and the serving image come from `tfdeploy.settings`.
+Start it with `TFDEPLOY_STACK=test .venv/bin/python include/scripts/stack.py up`.
 
 Run: .venv/bin/python bench/pipeline.py [--only-demo]
   --only-demo   the demo model only (raw baseline, deploy, HDFS publish): skips everything about the large
@@ -47,6 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
+os.environ.setdefault("TFDEPLOY_STACK", "test")  # before settings are read: never litter the user's registry
 
 import stack  # noqa: E402
 from tfdeploy.settings import get_settings  # noqa: E402
