@@ -2,7 +2,7 @@
 # One-shot, idempotent set-up of everything the project needs on a Debian machine.
 # Fast when nothing changed: every slow step is keyed by a hash of its inputs and cached outside the
 # clone ($TFDEPLOY_CACHE_DIR, default ~/.cache/tfdeploy; Maven's ~/.m2; Docker's own image store).
-#   1. Debian packages (docker.io, debootstrap, libkrb5-dev for the HDFS provider's kerberos extra,
+#   1. Debian packages (docker.io, debootstrap, haproxy (the router), libkrb5-dev for the HDFS provider's kerberos extra,
 #      postgresql, acl) and the unprivileged system user the stack's PostgreSQL runs as
 #   2. the Python venv from requirements*.txt + constraints.txt, linked at .venv
 #   3. Hadoop jars from Maven Central (include/hadoop/pom.xml)
@@ -21,7 +21,7 @@ t0=$(date +%s)
 # runs its own server from $TFDEPLOY_STATE_DIR/postgres on POSTGRES_PORT (5433). acl: setfacl, with which
 # stack.py lets that server's user traverse a state dir's closed parent (e.g. a `mktemp -d` CI dir).
 need=()
-for pkg in docker.io debootstrap libkrb5-dev postgresql acl chromium; do
+for pkg in docker.io debootstrap libkrb5-dev postgresql acl chromium haproxy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)

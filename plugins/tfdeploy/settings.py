@@ -109,10 +109,15 @@ class Settings:
     postgres_port: int = field(default_factory=lambda: _stack_port("POSTGRES_PORT", 5433))
     postgres_user: str = field(default_factory=lambda: _env("POSTGRES_USER", "tfdeploy"))
     postgres_os_user: str = field(default_factory=lambda: _env("POSTGRES_OS_USER", "tfdeploy-pg"))
-    # Serving (the `local` target's container `<serving_container_prefix>-local`, on 127.0.0.1)
+    # Serving. Clients reach models through the router (HAProxy) on SERVING_GRPC_PORT / SERVING_REST_PORT; the
+    # `local` target's replica (container `<serving_container_prefix>-local`) listens on the replica ports,
+    # which the router forwards to and the pipeline drives (reload, status) directly.
     serving_image: str = field(default_factory=lambda: _env("SERVING_IMAGE", "local/tfserving-compat:latest"))
     serving_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_GRPC_PORT", 8500))
     serving_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_REST_PORT", 8501))
+    replica_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_REPLICA_GRPC_PORT", 8510))
+    replica_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_REPLICA_REST_PORT", 8511))
+    router_stats_port: int = field(default_factory=lambda: _stack_port("ROUTER_STATS_PORT", 8404))
     serving_container_prefix: str = field(default_factory=lambda: _profile().container_prefix)
 
     @property
@@ -128,6 +133,9 @@ class Settings:
             "POSTGRES_PORT": self.postgres_port,
             "SERVING_GRPC_PORT": self.serving_grpc_port,
             "SERVING_REST_PORT": self.serving_rest_port,
+            "SERVING_REPLICA_GRPC_PORT": self.replica_grpc_port,
+            "SERVING_REPLICA_REST_PORT": self.replica_rest_port,
+            "ROUTER_STATS_PORT": self.router_stats_port,
         }
 
     @property

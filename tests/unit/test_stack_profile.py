@@ -21,6 +21,9 @@ DEV_PORTS = {
     "POSTGRES_PORT": 5433,
     "SERVING_GRPC_PORT": 8500,
     "SERVING_REST_PORT": 8501,
+    "SERVING_REPLICA_GRPC_PORT": 8510,
+    "SERVING_REPLICA_REST_PORT": 8511,
+    "ROUTER_STATS_PORT": 8404,
 }
 # What the test session's conftest exports (stack.airflow_env) and what a user may have set.
 SETTINGS_VARS = (
@@ -150,8 +153,9 @@ def _connections(monkeypatch, tmp_path: Path, **env: str) -> dict[str, object]:
 def test_serving_connections_parse_with_the_profile_ports(clean_env, tmp_path):
     conns = _connections(clean_env, tmp_path, TFDEPLOY_STACK="test")
     tfs = conns["tfserving_local"]
-    assert (tfs.conn_type, tfs.host, tfs.port) == ("tfserving", "127.0.0.1", 18501)
-    assert tfs.extra_dejson == {"grpc_port": 18500}
+    # the pipeline drives the replica itself (reload, status); clients go through the router on 18500/18501
+    assert (tfs.conn_type, tfs.host, tfs.port) == ("tfserving", "127.0.0.1", 18511)
+    assert tfs.extra_dejson == {"grpc_port": 18510}
     host = conns["serving_host_local"]
     assert (host.conn_type, host.host) == ("tfdeploy_serving_host", "unix:///var/run/docker.sock")
     assert host.extra_dejson == {"tls_verify": False}
@@ -159,7 +163,11 @@ def test_serving_connections_parse_with_the_profile_ports(clean_env, tmp_path):
 
 def test_serving_connections_follow_explicit_settings(clean_env, tmp_path):
     conns = _connections(
-        clean_env, tmp_path, SERVING_GRPC_PORT="7500", SERVING_REST_PORT="7501", DOCKER_HOST="tcp://10.0.0.5:2376"
+        clean_env,
+        tmp_path,
+        SERVING_REPLICA_GRPC_PORT="7500",
+        SERVING_REPLICA_REST_PORT="7501",
+        DOCKER_HOST="tcp://10.0.0.5:2376",
     )
     tfs, host = conns["tfserving_local"], conns["serving_host_local"]
     assert (tfs.port, tfs.extra_dejson["grpc_port"]) == (7501, 7500)
@@ -191,3 +199,21 @@ def test_serving_containers_are_matched_to_their_own_stack_only(clean_env, tmp_p
     assert not stack.owns_model_root(s_test, f"{dev}/serving/local")
     for nobody in ("", str(dev), ".state/serving/local", "serving/local"):
         assert not stack.owns_model_root(s_dev, nobody), nobody
+
+
+def test_the_router_config_is_valid_haproxy_and_binds_loopback_only(clean_env, tmp_path):
+    import shutil
+    import subprocess
+
+    clean_env.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
+    s = Settings()
+    text = stack.router_config(s)
+    binds = [line.split()[1] for line in text.splitlines() if line.strip().startswith("bind ")]
+    assert binds == [f"127.0.0.1:{p}" for p in (s.serving_rest_port, s.serving_grpc_port, s.router_stats_port)]
+    servers = [line.split()[2] for line in text.splitlines() if line.strip().startswith("server ")]
+    assert servers == [f"127.0.0.1:{s.replica_rest_port}", f"127.0.0.1:{s.replica_grpc_port}"]
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    done = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
