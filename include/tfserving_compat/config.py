@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from .errors import FailedPrecondition, InvalidArgument
+from .errors import FailedPrecondition, InvalidArgument, NotFound
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -114,3 +114,62 @@ def validate(new: Any, old: Any | None) -> None:
                 f"Illegal to change a model's platform. For model {model.name} platform was "
                 f"{old_platforms[model.name]} and new platform requested is {platform}"
             )
+
+
+# ---------------------------------------------------------------------------- batching parameters
+# tensorflow.serving.BatchingParameters (tensorflow_serving/servables/tensorflow/session_bundle_config.proto) is not in
+# the tensorflow-serving-api wheel: declared here with protobuf's descriptor API (same package, names and field
+# numbers), so --batching_parameters_file parses with text_format exactly as TF Serving's ParseProtoTextFile does.
+_BATCHING_FILE = "tensorflow_serving/servables/tensorflow/session_bundle_config.proto"
+
+
+def _batching_parameters_class() -> Any:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(_BATCHING_FILE)
+    except KeyError:
+        pool.FindFileByName(wrappers_pb2.DESCRIPTOR.name)  # the wrapper types must be in the pool
+        fdp = descriptor_pb2.FileDescriptorProto(
+            name=_BATCHING_FILE,
+            package="tensorflow.serving",
+            syntax="proto3",
+            dependency=[wrappers_pb2.DESCRIPTOR.name],
+        )
+        msg = fdp.message_type.add(name="BatchingParameters")
+        wrapped = [
+            ("max_batch_size", 1, "Int64Value"),
+            ("batch_timeout_micros", 2, "Int64Value"),
+            ("max_enqueued_batches", 3, "Int64Value"),
+            ("num_batch_threads", 4, "Int64Value"),
+            ("thread_pool_name", 5, "StringValue"),
+            ("enable_large_batch_splitting", 8, "BoolValue"),
+            ("max_execution_batch_size", 9, "Int64Value"),
+        ]
+        for name, number, wrapper in wrapped:
+            msg.field.add(name=name, number=number, type=11, label=1, type_name=f".google.protobuf.{wrapper}")
+        msg.field.add(name="allowed_batch_sizes", number=6, type=3, label=3)  # repeated int64
+        msg.field.add(name="pad_variable_length_inputs", number=7, type=8, label=1)  # bool
+        pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+BatchingParameters = _batching_parameters_class()
+
+
+def read_batching_parameters(path: str) -> Any:
+    """ParseProtoTextFile<BatchingParameters> (tensorflow_serving/util/proto_util.h), as server.cc calls it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError as exc:  # Env::NewReadOnlyMemoryRegionFromFile's error
+        raise NotFound(f"{path}; No such file or directory") from exc
+    except OSError as exc:
+        raise InvalidArgument(f"Could not read batching parameters file {path}: {exc.strerror}") from exc
+    params = BatchingParameters()
+    try:
+        text_format.Parse(text, params)
+    except text_format.ParseError as exc:
+        raise InvalidArgument(f"Invalid protobuf file: '{path}': {exc}") from exc
+    return params

@@ -39,28 +39,44 @@ def _target(spec: Any) -> tuple[str, int | None, str | None]:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+    def __init__(self, manager: ModelManager, metrics: Metrics, *, tensor_content: bool = False) -> None:
         self.manager = manager
         self.metrics = metrics
+        self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
 
-    def _serve(self, api: str, request: Any, context: Any, run: Callable[[Any, Any], Any]) -> Any:
+    def _serve(
+        self, api: str, request: Any, context: Any, run: Callable[[Any, Any], Any], *, counted: bool = True
+    ) -> Any:
+        """prediction_service_impl.cc: Predict, Classify and Regress record request_count (every status)
+        and request_latency (OK only); GetModelMetadata records neither (``counted=False``)."""
         t0 = time.perf_counter()
         model = request.model_spec.name
         try:
             with self.manager.handle(*_target(request.model_spec)) as servable:
                 response = run(servable, request)
         except ServingError as exc:
-            self.metrics.request(model, api, "GRPC", exc.code, time.perf_counter() - t0)
+            if counted:
+                self.metrics.request(model, api, "GRPC", exc.code, time.perf_counter() - t0)
             context.abort(exc.grpc_code, exc.message)
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
             log.exception("internal error in %s", api)
-            self.metrics.request(model, api, "GRPC", "INTERNAL", time.perf_counter() - t0)
+            if counted:
+                self.metrics.request(model, api, "GRPC", "INTERNAL", time.perf_counter() - t0)
             context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {exc}")
-        self.metrics.request(model, api, "GRPC", "OK", time.perf_counter() - t0)
+        if counted:
+            self.metrics.request(model, api, "GRPC", "OK", time.perf_counter() - t0)
         return response
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method names
-        return self._serve("Predict", request, context, run_predict)
+        def run(servable: Any, req: Any) -> Any:
+            return run_predict(
+                servable,
+                req,
+                tensor_content=self.tensor_content,
+                on_runtime=lambda s: self.metrics.runtime(req.model_spec.name, "Predict", s),
+            )
+
+        return self._serve("Predict", request, context, run)
 
     def Classify(self, request, context):  # noqa: N802
         return self._serve("Classify", request, context, run_classify)
@@ -81,7 +97,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.metadata["signature_def"].Pack(servable.signature_def_map())
             return response
 
-        return self._serve("GetModelMetadata", request, context, run)
+        return self._serve("GetModelMetadata", request, context, run, counted=False)
 
     def MultiInference(self, request, context):  # noqa: N802
         context.abort(grpc.StatusCode.UNIMPLEMENTED, Unimplemented("MultiInference is not supported").message)
@@ -120,9 +136,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def make_server(manager: ModelManager, metrics: Metrics, host: str, port: int, workers: int = 16) -> tuple[Any, int]:
+def make_server(
+    manager: ModelManager,
+    metrics: Metrics,
+    host: str,
+    port: int,
+    workers: int = 16,
+    *,
+    tensor_content: bool = False,
+) -> tuple[Any, int]:
+    """``tensor_content``: --enable_serialization_as_tensor_content (server.cc: kAsProtoContent)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, metrics), server)
+    service = PredictionService(manager, metrics, tensor_content=tensor_content)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:

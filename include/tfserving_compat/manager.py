@@ -8,6 +8,7 @@ so a failing new version leaves the old one serving. Every version ever seen kee
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -24,6 +25,8 @@ from .servable import Servable
 
 log = logging.getLogger("tfserving_compat.manager")
 
+_SEQ = itertools.count()
+
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
@@ -36,6 +39,7 @@ class VersionState:
     servable: Servable | None = None
     inflight: int = 0
     retryable: bool = False  # a failed version whose directory went away loads afresh if it comes back
+    seq: int = field(default_factory=lambda: next(_SEQ))  # creation order, for waits on fresh states only
 
 
 @dataclass
@@ -55,9 +59,23 @@ class ManagerOptions:
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     allow_version_labels_for_unavailable_models: bool = False
-    num_load_threads: int = 4
+    # TF Serving's default is 0: loads (and unloads) run one at a time in the manager's loop. N > 0 lets
+    # up to N actions run at once.
+    num_load_threads: int = 0
     enable_signature_method_name_check: bool = False
     on_loaded: Callable[[str, float, float], None] | None = None  # (path, load s, warmup s)
+    metrics: Any = None  # a metrics.Metrics: load attempts/latency and warmup (else on_loaded's owner)
+
+
+def parse_version(child: str) -> int | None:
+    """file_system_storage_path_source.cc ParseVersionNumber: absl::SimpleAtoi into an int64, so "007" is
+    version 7 (loaded from the directory "007"), surrounding ASCII whitespace and a sign are accepted."""
+    text = child.strip(" \t\n\v\f\r")
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not digits or not (digits.isascii() and digits.isdigit()):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 class ModelManager:
@@ -67,7 +85,11 @@ class ModelManager:
         self._models: dict[str, ModelSlot] = {}
         self._labels: dict[str, dict[str, int]] = {}
         self._config: Any = None
-        self._workers = ThreadPoolExecutor(max_workers=options.num_load_threads, thread_name_prefix="load")
+        self._capacity = max(1, options.num_load_threads)
+        self._busy = 0  # load/unload actions in flight
+        self._workers = ThreadPoolExecutor(max_workers=self._capacity, thread_name_prefix="load")
+        owner = getattr(options.on_loaded, "__self__", None)
+        self._metrics = options.metrics or (owner if hasattr(owner, "load_attempt") else None)
         self._stop = threading.Event()
         self._poll_thread: threading.Thread | None = None
         self._reload_lock = threading.Lock()
@@ -79,6 +101,7 @@ class ModelManager:
         every newly added model has an AVAILABLE version or has failed. Raises ServingError."""
         with self._reload_lock:
             cfg.validate(new, self._config)
+            since = next(_SEQ)  # a fresh ServableStateMonitor: only states created from now on
             with self._cond:
                 labels = self._check_labels(new)
                 self._config = new
@@ -99,12 +122,10 @@ class ModelManager:
                     slot.configured = True
                     slot.base_path = model.base_path
                     slot.policy = cfg.VersionPolicy.from_proto(model)
-                for slot in self._models.values():
-                    if not slot.configured:
-                        self._reconcile(slot)
+                self._kick()
                 started = self._poll_thread is not None
             if started:
-                self._wait_for_models(new_names, should_wait)
+                self._wait_for_models(new_names, should_wait, since)
 
     def _check_labels(self, new: Any) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = {}
@@ -124,33 +145,35 @@ class ModelManager:
                 result.setdefault(model.name, {})[label] = version
         return result
 
-    def _wait_for_models(self, names: set[str], should_wait: Callable[[], bool]) -> None:
+    def _wait_for_models(self, names: set[str], should_wait: Callable[[], bool], since: int = -1) -> None:
         if not names:
             return
         with self._cond:
             while True:
-                pending = {n for n in names if self._outcome(n) is None}
+                pending = {n for n in names if self._outcome(n, since) is None}
                 if not pending or not should_wait() or self._stop.is_set():
                     break
                 self._cond.wait(timeout=0.5)
-            failed = {n: self._outcome(n) for n in names if self._outcome(n) not in (None, "ok")}
+            failed = {n: self._outcome(n, since) for n in names if self._outcome(n, since) not in (None, "ok")}
         if failed:
             details = "".join(f"{{{msg}}}, " for msg in failed.values())
             raise ServingError(f"{len(failed)} model(s) did not become available: {{{details}}}", "UNKNOWN")
 
-    def _outcome(self, name: str) -> str | None:
-        """None while the model's latest aspired version is pending, "ok" once one is AVAILABLE, else the error."""
+    def _outcome(self, name: str, since: int = -1) -> str | None:
+        """ServerCore::WaitUntilModelsAvailable waits on ServableRequest::Latest(name), which
+        servable_state_monitor.cc (HasAnyServableInStreamReachedState) settles with the LOWEST version
+        that reached AVAILABLE or END: "ok" if it is AVAILABLE, its error if END, None while none has."""
         slot = self._models.get(name)
         if slot is None:
             return None
-        if any(st.state == AVAILABLE for st in slot.versions.values()):
-            return "ok"
-        if slot.aspired and all(
-            slot.versions.get(v) is not None and slot.versions[v].state == END for v in slot.aspired
-        ):
-            top = max(slot.aspired)
-            err = slot.versions[top].error
-            return f"name: {name} version: {top}" + (f" due to error: {err.code}: {err.message}" if err else "")
+        for v in sorted(slot.versions):
+            st = slot.versions[v]
+            if st.seq <= since or st.state not in (AVAILABLE, END):
+                continue
+            if st.state == AVAILABLE:
+                return "ok"
+            err = st.error
+            return f"name: {name} version: {v}" + (f" due to error: {err.code}: {err.message}" if err else "")
         return None
 
     def wait_until_available(self, should_wait: Callable[[], bool] = lambda: True) -> None:
@@ -196,8 +219,9 @@ class ModelManager:
                 return
             versions: dict[int, str] = {}
             for child in children:
-                if child.isdigit() and child.isascii():
-                    versions.setdefault(int(child), os.path.join(base_path, child))
+                version = parse_version(child)
+                if version is not None:
+                    versions[version] = os.path.join(base_path, child)  # a later duplicate wins, as in TF
             listings[name] = versions
         with self._cond:
             for name, _base, policy in targets:
@@ -214,20 +238,61 @@ class ModelManager:
                 for v in slot.aspired:
                     old = slot.versions.get(v)
                     if old is None or (old.state == END and (old.error is None or old.retryable)):
-                        fresh = slot.versions[v] = VersionState(v, found[v])
-                        self._workers.submit(self._load, slot, fresh)
-                self._reconcile(slot)
+                        slot.versions[v] = VersionState(v, found[v])
+                for st in slot.versions.values():
+                    if st.state == START and st.version not in slot.aspired:
+                        st.state, st.error = END, None  # FlushServables: a new version no longer aspired
+            self._kick()
+            self._cond.notify_all()
 
-    def _reconcile(self, slot: ModelSlot) -> None:
-        """Unload versions no longer aspired, once that keeps the model available (caller holds the lock)."""
-        aspired_ready = any(slot.versions[v].state == AVAILABLE for v in slot.aspired if v in slot.versions)
-        if slot.aspired and not aspired_ready:
-            return
-        for st in slot.versions.values():
-            if st.version not in slot.aspired and st.state == AVAILABLE:
+    @staticmethod
+    def _policy_action(slot: ModelSlot) -> tuple[str, VersionState] | None:
+        """AvailabilityPreservingPolicy::GetNextAction (availability_preserving_policy.cc).
+
+        Unload the lowest non-aspired AVAILABLE version if nothing is aspired, an aspired version is
+        AVAILABLE, or more than one non-aspired version is AVAILABLE; else load the highest new aspired one."""
+        aspired = [st for st in slot.versions.values() if st.version in slot.aspired]
+        has_aspired = bool(aspired)
+        has_aspired_serving = any(st.state == AVAILABLE for st in aspired)
+        unaspired_serving = [
+            st for st in slot.versions.values() if st.version not in slot.aspired and st.state == AVAILABLE
+        ]
+        if unaspired_serving and (not has_aspired or has_aspired_serving or len(unaspired_serving) > 1):
+            return "unload", min(unaspired_serving, key=lambda st: st.version)
+        new = [st for st in aspired if st.state == START]
+        if new:
+            return "load", max(new, key=lambda st: st.version)
+        return None
+
+    def _kick(self) -> None:
+        """AspiredVersionsManager::InvokePolicyAndExecuteAction: one action at a time across all models,
+        unloads before loads (CompareActions), up to num_load_threads in flight (one when it is 0, as in TF
+        Serving, where loads and unloads then run serially in the manager's loop). Caller holds the lock."""
+        while self._busy < self._capacity and not self._stop.is_set():
+            actions = [
+                (a, slot, st)
+                for slot in self._models.values()
+                for a, st in [self._policy_action(slot) or ("", None)]
+                if st
+            ]
+            if not actions:
+                return
+            actions.sort(key=lambda a: 0 if a[0] == "unload" else 1)
+            kind, slot, st = actions[0]
+            self._busy += 1
+            if kind == "unload":
                 st.state = UNLOADING
-                self._cond.notify_all()
-                self._workers.submit(self._unload, st)
+                self._workers.submit(self._unload, slot, st)
+            else:
+                st.state = LOADING
+                self._workers.submit(self._load, slot, st)
+            self._cond.notify_all()
+
+    def _done(self) -> None:
+        """An action finished (caller holds the lock): free its slot and take the next."""
+        self._busy -= 1
+        self._kick()
+        self._cond.notify_all()
 
     # ------------------------------------------------------------------ load / unload (worker threads)
 
@@ -237,7 +302,7 @@ class ModelManager:
             with self._cond:
                 if st.version not in slot.aspired:
                     st.state, st.error = END, None  # no longer wanted: cancel
-                    self._cond.notify_all()
+                    self._done()
                     return
                 st.state = LOADING
                 self._cond.notify_all()
@@ -248,29 +313,28 @@ class ModelManager:
                     st.path,
                     warmup=self.options.enable_model_warmup,
                     method_name_check=self.options.enable_signature_method_name_check,
+                    metrics=self._metrics,
                 )
             except ServingError as exc:
                 error = exc
             except Exception as exc:  # noqa: BLE001 - any load failure ends as END with its error
                 error = ServingError(str(exc), "UNKNOWN")
             else:
-                if self.options.on_loaded:
+                if self.options.on_loaded and self._metrics is None:
                     self.options.on_loaded(st.path, load_s, warm_s)
                 with self._cond:
                     st.servable, st.state, st.error = servable, AVAILABLE, None
                     log.info("Successfully loaded servable version {name: %s version: %d}", slot.name, st.version)
-                    self._reconcile(slot)
-                    self._cond.notify_all()
+                    self._done()
                 return
             log.error("Loading servable {name: %s version: %d} failed: %s", slot.name, st.version, error.message)
             if attempt + 1 < attempts and self._stop.wait(self.options.load_retry_interval_seconds):
                 break
         with self._cond:
             st.state, st.error = END, error
-            self._reconcile(slot)
-            self._cond.notify_all()
+            self._done()
 
-    def _unload(self, st: VersionState) -> None:
+    def _unload(self, slot: ModelSlot, st: VersionState) -> None:
         with self._cond:
             while st.inflight:
                 self._cond.wait(timeout=0.5)
@@ -279,7 +343,7 @@ class ModelManager:
             servable.close()
         with self._cond:
             st.state, st.error = END, None
-            self._cond.notify_all()
+            self._done()
 
     # ------------------------------------------------------------------ requests
 

@@ -93,9 +93,16 @@ class Servable:
     # ------------------------------------------------------------------ running
 
     def run(
-        self, sig: Signature, feeds: dict[str, np.ndarray], output_filter: Sequence[str] | None = None
+        self,
+        sig: Signature,
+        feeds: dict[str, np.ndarray],
+        output_filter: Sequence[str] | None = None,
+        timeout_in_ms: int = 0,
     ) -> dict[str, np.ndarray]:
-        """Run a signature: feeds keyed by input alias, returns outputs keyed by alias."""
+        """Run a signature: feeds keyed by input alias, returns outputs keyed by alias.
+
+        ``timeout_in_ms`` > 0 goes into the Session's RunOptions, as TF Serving's REST handler puts
+        --rest_api_timeout_in_ms there: a run that takes longer fails with DEADLINE_EXCEEDED."""
         missing = [a for a in sig.inputs if a not in feeds]
         if missing:
             raise InvalidArgument(
@@ -124,17 +131,37 @@ class Servable:
                     )
             aliases = list(dict.fromkeys(output_filter))
         feed_aliases = sorted(feeds)
-        runner = self._callable(sig, tuple(feed_aliases), tuple(aliases))
+        runner = self._callable(sig, tuple(feed_aliases), tuple(aliases), timeout_in_ms)
+        from . import batching
+
+        scheduler = batching.current()
         try:
-            values = runner(*(feeds[a] for a in feed_aliases))
+            if scheduler is not None and set(aliases) == set(sig.outputs):
+                # --enable_batching: a Run with exactly the signature's inputs and outputs joins a batch
+                # (TF Serving's BatchingSession); any other Run bypasses the batcher, as there.
+                values = scheduler.run(
+                    self,
+                    (sig.name, tuple(feed_aliases), tuple(aliases)),
+                    runner,
+                    [sig.inputs[a][0] for a in feed_aliases],
+                    [feeds[a] for a in feed_aliases],
+                )
+            else:
+                values = runner(*(feeds[a] for a in feed_aliases))
+        except ServingError:
+            raise
         except Exception as exc:  # TF kernel errors surface as INVALID_ARGUMENT, as in TF Serving
+            if type(exc).__name__ == "DeadlineExceededError":  # the RunOptions timeout
+                raise ServingError(tf_error_message(exc), "DEADLINE_EXCEEDED") from exc
             raise InvalidArgument(tf_error_message(exc)) from exc
         return dict(zip(aliases, values, strict=True))
 
-    def _callable(self, sig: Signature, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Any:
+    def _callable(
+        self, sig: Signature, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_in_ms: int = 0
+    ) -> Any:
         """A Session callable for this feed/fetch set: runs by tensor name and, like TF Serving's
         Session::Run, does not check fed shapes against the signature (Session.run would)."""
-        key = (sig.name, feeds, fetches)
+        key = (sig.name, feeds, fetches, timeout_in_ms)
         runner = self._callables.get(key)
         if runner is None:
             from tensorflow.core.protobuf import config_pb2
@@ -142,11 +169,13 @@ class Servable:
             options = config_pb2.CallableOptions()
             options.feed.extend(sig.inputs[a][0] for a in feeds)
             options.fetch.extend(sig.outputs[a][0] for a in fetches)
+            if timeout_in_ms > 0:
+                options.run_options.timeout_in_ms = timeout_in_ms
             with self._lock:
                 runner = self._callables.setdefault(key, self._session._make_callable_from_options(options))
         return runner
 
-    def classify(self, sig_name: str, examples: list[bytes]) -> Any:
+    def classify(self, sig_name: str, examples: list[bytes], timeout_in_ms: int = 0) -> Any:
         """Run a classify signature over serialized tf.Examples; returns a ClassificationResult proto."""
         from tensorflow_serving.apis import classification_pb2
 
@@ -161,7 +190,7 @@ class Servable:
                 'Expected classification signature outputs to contain at least one of "classes" or "scores". '
                 f"Signature was: {sig.name}"
             )
-        out = self.run(sig, {"inputs": np.array(examples, dtype=object)}, wanted)
+        out = self.run(sig, {"inputs": np.array(examples, dtype=object)}, wanted, timeout_in_ms)
         classes, scores = out.get("classes"), out.get("scores")
         n = len(examples)
         for arr, what, kind in ((classes, "classes", "DT_STRING"), (scores, "scores", "DT_FLOAT")):
@@ -191,7 +220,7 @@ class Servable:
                     cls.score = float(scores[i][j])
         return result
 
-    def regress(self, sig_name: str, examples: list[bytes]) -> Any:
+    def regress(self, sig_name: str, examples: list[bytes], timeout_in_ms: int = 0) -> Any:
         """Run a regress signature over serialized tf.Examples; returns a RegressionResult proto."""
         from tensorflow_serving.apis import regression_pb2
 
@@ -202,7 +231,7 @@ class Servable:
             raise InvalidArgument(f"No regression inputs found in SignatureDef: {sig.name}")
         if "outputs" not in sig.outputs:
             raise InvalidArgument(f"No regression outputs found in SignatureDef: {sig.name}")
-        values = self.run(sig, {"inputs": np.array(examples, dtype=object)})["outputs"]
+        values = self.run(sig, {"inputs": np.array(examples, dtype=object)}, None, timeout_in_ms)["outputs"]
         if values.ndim == 2 and values.shape[1] == 1:
             values = values[:, 0]
         if values.ndim != 1:
@@ -242,6 +271,6 @@ class Servable:
                 self._session.close()
 
 
-def tf_error_message(exc: Exception) -> str:
+def tf_error_message(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc)
     return message.split("\n\nErrors may have originated", 1)[0].strip()

@@ -1,73 +1,64 @@
-"""Command line and start-up, taking tensorflow_model_server's flags.
+"""Command line and start-up, as tensorflow_model_server's main.cc and Server::BuildAndStart (server.cc).
 
-Ports open only once every configured model has an AVAILABLE version, as in TF Serving. Unknown
-flags are reported and ignored. SIGTERM stops the server promptly (so `docker stop` does not wait).
+Flags are parsed as tensorflow::Flags parses them (see flags.py): a value error prints the usage and exits
+with status 255; an argument no flag takes is reported as `unknown argument: ...` with the usage, and the
+server starts anyway. Ports open only once every configured model has an AVAILABLE version, as in TF Serving.
+SIGTERM stops the server promptly (so `docker stop` does not wait).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 import threading
+import time
+from types import SimpleNamespace
 from typing import Any
+
+from . import flags as flagdefs
 
 log = logging.getLogger("tfserving_compat")
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "t", "yes", "y"):
-        return True
-    if value in ("0", "false", "f", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def parse_flags(argv: list[str]) -> tuple[SimpleNamespace, list[str]]:
+    """tensorflow::Flags::Parse over argv: (flag values, unknown arguments). Raises ValueError on a value error."""
+    result = flagdefs.parse(argv)
+    if not result.ok:
+        raise ValueError("flag parsing failed")
+    return result.flags, result.unknown
 
 
-def parse_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Parse absl-style flags (`--flag=value`, `--flag value`, `--flag` / `--noflag` for booleans)."""
-    p = argparse.ArgumentParser(prog="tensorflow_model_server", allow_abbrev=False)
-    p.add_argument("--port", type=int, default=8500)
-    p.add_argument("--rest_api_port", type=int, default=0)
-    p.add_argument("--model_name", default="default")
-    p.add_argument("--model_base_path", default="")
-    p.add_argument("--model_config_file", default="")
-    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0)
-    p.add_argument("--file_system_poll_wait_seconds", type=int, default=1)
-    p.add_argument("--monitoring_config_file", default="")
-    p.add_argument("--max_num_load_retries", type=int, default=5)
-    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000)
-    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30_000)
-    p.add_argument("--rest_api_num_threads", type=int, default=0)
-    p.add_argument("--num_load_threads", type=int, default=4)
-    p.add_argument("--grpc_max_threads", type=int, default=16)
-    # Not a TF Serving flag: the stand-in binds 0.0.0.0 like TF Serving unless told otherwise (tests use 127.0.0.1).
-    p.add_argument("--bind_address", default="0.0.0.0")
-    booleans = {
-        "enable_model_warmup": True,
-        "allow_version_labels_for_unavailable_models": False,
-        "enable_batching": False,
-        "enable_signature_method_name_check": False,
-    }
-    for name, default in booleans.items():
-        p.add_argument(f"--{name}", type=_bool, nargs="?", const=True, default=default)
-        p.add_argument(f"--no{name}", dest=name, action="store_const", const=False)
-    return p.parse_known_args(argv)
-
-
-def build_config(flags: argparse.Namespace) -> Any:
+def build_config(flags: Any) -> Any:
+    """The ModelServerConfig Server::BuildAndStart serves (server.cc), with its checks in its order."""
     from . import config as cfg
+    from .errors import InvalidArgument
 
+    if not flags.model_base_path and not flags.model_config_file:
+        raise InvalidArgument("Both server_options.model_base_path and server_options.model_config_file are empty!")
     if flags.model_config_file:
         return cfg.read_file(flags.model_config_file)
-    if not flags.model_base_path:
-        raise SystemExit(
-            "Both server_model_config_file and model_base_path are empty: pass --model_base_path "
-            "(with --model_name) or --model_config_file"
-        )
     return cfg.single_model(flags.model_name, flags.model_base_path)
+
+
+def build_batching(flags: Any) -> Any:
+    """Server::BuildAndStart's batching block (server.cc): the BatchingParameters, or None without batching."""
+    from . import config as cfg
+    from .errors import InvalidArgument
+
+    if flags.enable_batching:
+        params = cfg.BatchingParameters()
+        if flags.batching_parameters_file:
+            params = cfg.read_batching_parameters(flags.batching_parameters_file)
+        else:
+            params.thread_pool_name.value = "model_server_batch_threads"
+        return params
+    if flags.batching_parameters_file:
+        raise InvalidArgument(
+            "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
+        )
+    return None
 
 
 def read_monitoring(path: str) -> str | None:
@@ -83,11 +74,12 @@ def read_monitoring(path: str) -> str | None:
 class ModelServer:
     """The whole server: manager, gRPC and REST. `start()` blocks until every model is available."""
 
-    def __init__(self, flags: argparse.Namespace) -> None:
+    def __init__(self, flags: Any) -> None:
         from .manager import ManagerOptions, ModelManager
         from .metrics import Metrics
 
         self.flags = flags
+        self.batching: Any = None
         self.metrics = Metrics()
         self.manager = ModelManager(
             ManagerOptions(
@@ -96,7 +88,7 @@ class ModelServer:
                 max_num_load_retries=max(0, flags.max_num_load_retries),
                 load_retry_interval_seconds=max(0, flags.load_retry_interval_micros) / 1e6,
                 allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
-                num_load_threads=max(1, flags.num_load_threads),
+                num_load_threads=flags.num_load_threads,  # 0 (TF Serving's default): loads run one at a time
                 enable_signature_method_name_check=flags.enable_signature_method_name_check,
                 on_loaded=self.metrics.loaded,
             )
@@ -106,11 +98,28 @@ class ModelServer:
         self.stopped = threading.Event()
 
     def start(self) -> None:
+        from . import batching
+        from .errors import InvalidArgument
         from .grpc_service import make_server
         from .rest import RestApi, RestServer
 
+        # Server::BuildAndStart's checks, in its order.
+        if self.flags.port == 0 and not self.flags.grpc_socket_path:
+            raise InvalidArgument(
+                "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set."
+            )
+        if self.flags.use_alts_credentials and self.flags.ssl_config_file:
+            raise InvalidArgument("Either use_alts_credentials must be false or ssl_config_file must be empty.")
         config = build_config(self.flags)
+        batching_params = build_batching(self.flags)
         metrics_path = read_monitoring(self.flags.monitoring_config_file)
+        if batching_params is not None:
+            # TF Serving makes these checks when it wraps each version's session (a load error); here at start.
+            self.batching = batching.Scheduler(
+                batching.BatchingOptions.from_proto(batching_params, default_threads=flagdefs._CPUS)
+            )
+            batching.configure(self.batching)
+            self.metrics.add_source(self.batching.exposition)  # exported only while batching is on, as TF Serving
         self.manager.reload_config(config)
         self.manager.start()
         self.manager.wait_until_available(lambda: not self.stopped.is_set())
@@ -118,13 +127,31 @@ class ModelServer:
             return
         host = self.flags.bind_address
         self.grpc_server, grpc_port = make_server(
-            self.manager, self.metrics, host, self.flags.port, self.flags.grpc_max_threads
+            self.manager,
+            self.metrics,
+            host,
+            self.flags.port,
+            self.flags.grpc_max_threads,
+            tensor_content=self.flags.enable_serialization_as_tensor_content,
         )
         self.grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", host, grpc_port)
-        if self.flags.rest_api_port > 0:
+        if self.flags.rest_api_port != 0 and self.flags.rest_api_port == self.flags.port:
+            log.error(
+                "server_options.http_port cannot be same as grpc_port. Please use a different port for HTTP/REST "
+                "API. Skipped exporting HTTP/REST API."
+            )
+        elif self.flags.rest_api_port > 0:
             self.rest_server = RestServer(
-                RestApi(self.manager, self.metrics), host, self.flags.rest_api_port, metrics_path
+                RestApi(
+                    self.manager,
+                    self.metrics,
+                    timeout_in_ms=self.flags.rest_api_timeout_in_ms,
+                    enable_cors_support=self.flags.rest_api_enable_cors_support,
+                ),
+                host,
+                self.flags.rest_api_port,
+                metrics_path,
             )
             self.rest_server.start()
             log.info("Exporting HTTP/REST API at:%s:%d ...", host, self.rest_server.port)
@@ -132,20 +159,27 @@ class ModelServer:
             threading.Thread(target=self._poll_config_file, name="config-poll", daemon=True).start()
 
     def _poll_config_file(self) -> None:
-        """Re-read --model_config_file; a parse or reload error is only logged and the previous state stays."""
+        """Server::PollFilesystemAndReloadConfig (server.cc), run by a PeriodicFunction: the first call at once,
+        then every --model_config_file_poll_wait_seconds. Each poll re-reads the file and calls ReloadConfig
+        whether or not the file changed, so a config applied over gRPC (HandleReloadConfigRequest) is replaced
+        by the file's on the next poll. A read or reload error is only logged; the previous state stays."""
         from . import config as cfg
         from .errors import ServingError
 
-        last = None
-        while not self.stopped.wait(self.flags.model_config_file_poll_wait_seconds):
+        interval = self.flags.model_config_file_poll_wait_seconds
+        while not self.stopped.is_set():
+            began = time.monotonic()
             try:
                 new = cfg.read_file(self.flags.model_config_file)
-                if new == last:
-                    continue
-                self.manager.reload_config(new, should_wait=lambda: not self.stopped.is_set())
-                last = new
             except ServingError as exc:
-                log.error("Failed to reload model config file %s: %s", self.flags.model_config_file, exc.message)
+                log.error("Failed to read ModelServerConfig file: %s", exc.message)
+            else:
+                try:
+                    self.manager.reload_config(new, should_wait=lambda: not self.stopped.is_set())
+                except ServingError as exc:
+                    log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", exc.message)
+            if self.stopped.wait(max(0.0, began + interval - time.monotonic())):
+                return
 
     def stop(self) -> None:
         self.stopped.set()
@@ -154,17 +188,42 @@ class ModelServer:
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=0.5)
         self.manager.stop()
+        if self.batching is not None:
+            self.batching.stop()
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        serving = metadata.version("tensorflow-serving-api")
+    except metadata.PackageNotFoundError:
+        serving = "unknown"
+    import tensorflow as tf
+
+    return f"TensorFlow ModelServer: {serving}-tfserving-compat\nTensorFlow Library: {tf.__version__}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """main.cc: parse, report, BuildAndStart, wait. Returns the exit status (-1 there: 255)."""
     logging.basicConfig(
         level=os.environ.get("TFSERVING_COMPAT_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
         stream=sys.stderr,
     )
-    flags, unknown = parse_flags(sys.argv[1:] if argv is None else argv)
-    for flag in unknown:
-        log.warning("Ignoring unknown flag %s (not supported by this TF-Serving-compatible server)", flag)
+    parsed = flagdefs.parse(sys.argv[1:] if argv is None else argv)
+    usage = flagdefs.usage()
+    if not parsed.ok:
+        sys.stdout.write(usage)
+        sys.stdout.flush()
+        return 255
+    flags = parsed.flags
+    if flags.version:
+        sys.stdout.write(_version())
+        return 0
+    if parsed.unknown:
+        sys.stdout.write(f"unknown argument: {parsed.unknown[0]}\n{usage}")
+        sys.stdout.flush()
     server = ModelServer(flags)
     done = threading.Event()
 
@@ -180,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
     except ServingError as exc:
-        log.error("Failed to start server. Error: %s: %s", exc.code, exc.message)
+        sys.stdout.write(f"Failed to start server. Error: {exc.code}: {exc.message}\n")
+        sys.stdout.flush()
         server.stop()
-        return 1
+        return 255
     if not server.stopped.is_set():
         done.wait()
     server.stop()

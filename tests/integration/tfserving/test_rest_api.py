@@ -210,7 +210,8 @@ def test_malformed_paths_and_methods(server):
 
 
 def test_paths_are_case_insensitive_and_names_url_decoded(server):
-    resp = post(server, f"/V1/MODELS/{TWO}/VERSIONS/123:PREDICT", {"instances": [1.0]})
+    # the path regexes are (?i) but the method is compared case-sensitively (http_rest_api_handler.cc)
+    resp = post(server, f"/V1/MODELS/{TWO}/VERSIONS/123:predict", {"instances": [1.0]})
     assert resp.status_code == 200, resp.text
     resp = requests.get(f"{server.url}/v1/models/half%5Fplus%5Ftwo", timeout=10)
     assert resp.status_code == 200

@@ -19,6 +19,7 @@ from tfserving_compat.server import parse_flags  # noqa: E402
 
 
 def test_flag_defaults_match_tensorflow_model_server():
+    # tensorflow_serving/model_servers/server.h (Server::Options); more in test_flags.py
     flags, unknown = parse_flags([])
     assert (flags.port, flags.rest_api_port, flags.model_name) == (8500, 0, "default")
     assert flags.file_system_poll_wait_seconds == 1 and flags.model_config_file_poll_wait_seconds == 0
@@ -27,19 +28,21 @@ def test_flag_defaults_match_tensorflow_model_server():
     assert unknown == []
 
 
-def test_absl_style_booleans_and_separate_values():
-    flags, _ = parse_flags(
+def test_tensorflow_flags_booleans_and_values():
+    # tensorflow/core/util/command_line_flags.cc: `--name=value` only; bools `--name`, `=true`, `=false`
+    flags, unknown = parse_flags(
         ["--enable_model_warmup=false", "--allow_version_labels_for_unavailable_models", "--port", "9000"]
     )
     assert flags.enable_model_warmup is False and flags.allow_version_labels_for_unavailable_models is True
-    assert flags.port == 9000
-    flags, _ = parse_flags(["--noenable_model_warmup"])
-    assert flags.enable_model_warmup is False
+    assert flags.port == 8500 and unknown == ["--port", "9000"]
+    with pytest.raises(ValueError):
+        parse_flags(["--enable_model_warmup=0"])
 
 
 def test_unknown_flags_are_returned_for_reporting():
-    _, unknown = parse_flags(["--model_name=m", "--xla_cpu_compilation_enabled=true", "--grpc_channel_arguments=x"])
-    assert unknown == ["--xla_cpu_compilation_enabled=true", "--grpc_channel_arguments=x"]
+    # xla_cpu_compilation_enabled and grpc_channel_arguments are TF Serving flags (main.cc): taken, not unknown
+    _, unknown = parse_flags(["--model_name=m", "--xla_cpu_compilation_enabled=true", "--no_such_flag=x"])
+    assert unknown == ["--no_such_flag=x"]
 
 
 @pytest.mark.parametrize(
@@ -129,6 +132,7 @@ def test_metrics_use_tf_servings_names_without_total_suffix():
     assert ':tensorflow:serving:request_count{model_name="m",status="NOT_FOUND"} 1' in text
     assert ':tensorflow:cc:saved_model:load_latency{model_path="/models/m/1"} 500000' in text
     assert "_total" not in text
-    # latency is recorded for successful requests only, in microseconds
-    assert ':tensorflow:serving:request_latency_count{API="predict",entrypoint="REST",model_name="m"} 1.0' in text
-    assert ':tensorflow:serving:request_latency_sum{API="predict",entrypoint="REST",model_name="m"} 2000.0' in text
+    # latency is recorded for successful requests only, in microseconds; labels in declaration order and
+    # counts as integers, as TF Serving's exporter prints them (prometheus_exporter.cc)
+    assert ':tensorflow:serving:request_latency_count{model_name="m",API="predict",entrypoint="REST"} 1' in text
+    assert ':tensorflow:serving:request_latency_sum{model_name="m",API="predict",entrypoint="REST"} 2000' in text
