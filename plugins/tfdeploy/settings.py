@@ -117,6 +117,11 @@ class Settings:
     serving_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_REST_PORT", 8501))
     replica_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_REPLICA_GRPC_PORT", 8510))
     replica_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_REPLICA_REST_PORT", 8511))
+    # The canary pool: candidates load there, never beside production. Explicit gRPC calls for a candidate
+    # use the router's canary gRPC port (the router cannot read the model spec inside a gRPC message).
+    canary_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_CANARY_GRPC_PORT", 8502))
+    canary_replica_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_CANARY_REPLICA_GRPC_PORT", 8520))
+    canary_replica_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_CANARY_REPLICA_REST_PORT", 8521))
     router_stats_port: int = field(default_factory=lambda: _stack_port("ROUTER_STATS_PORT", 8404))
     serving_container_prefix: str = field(default_factory=lambda: _profile().container_prefix)
 
@@ -135,6 +140,9 @@ class Settings:
             "SERVING_REST_PORT": self.serving_rest_port,
             "SERVING_REPLICA_GRPC_PORT": self.replica_grpc_port,
             "SERVING_REPLICA_REST_PORT": self.replica_rest_port,
+            "SERVING_CANARY_GRPC_PORT": self.canary_grpc_port,
+            "SERVING_CANARY_REPLICA_GRPC_PORT": self.canary_replica_grpc_port,
+            "SERVING_CANARY_REPLICA_REST_PORT": self.canary_replica_rest_port,
             "ROUTER_STATS_PORT": self.router_stats_port,
         }
 

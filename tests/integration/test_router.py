@@ -17,11 +17,15 @@ import stack
 
 ROOT = Path(__file__).resolve().parents[2]
 HP = ROOT / "tests" / "data" / "tfserving-testdata" / "saved_model_half_plus_two_cpu"
+HP2_2V = ROOT / "tests" / "data" / "tfserving-testdata" / "saved_model_half_plus_two_2_versions"
 
 
-def replica_states(settings) -> dict[str, str]:
+POOLS = {"stable": ("local_rest", "local_grpc"), "canary": ("local_canary_rest", "local_canary_grpc")}
+
+
+def replica_states(settings, pool: str = "stable") -> dict[str, str]:
     rows = [r.split(",") for r in stack.router_command(settings, "show stat").splitlines() if r and r[0] != "#"]
-    return {f"{r[0]}/{r[1]}": r[17] for r in rows if r[1] not in ("FRONTEND", "BACKEND")}
+    return {f"{r[0]}/{r[1]}": r[17] for r in rows if r[0] in POOLS[pool] and r[1] not in ("FRONTEND", "BACKEND")}
 
 
 def wait_for(what: str, check, timeout: float = 30.0) -> None:
@@ -113,3 +117,62 @@ def test_grpc_without_a_replica_fails_fast(settings, docker_client):
     # the router answers 503 at once (grpc-python retries that transparently for ~3 s), long before the timeout
     assert time.monotonic() - t0 < 10
     hook.close()
+
+
+def test_calls_naming_a_candidate_reach_the_canary_pool_and_nothing_else_does(
+    settings, replica, docker_client, tmp_path
+):
+    """The stable replica serves v123; a canary replica serves v124. Unversioned calls and /versions/123 reach
+    the stable pool; /labels/canary, and /versions/124 once the pipeline routes it, reach the canary pool."""
+    from tfdeploy.hooks.router import RouterHook
+
+    name = f"{settings.serving_container_prefix}-local-canary"
+    with contextlib.suppress(Exception):
+        docker_client.containers.get(name).remove(force=True)
+    models = tmp_path / "canary-models"
+    shutil.copytree(
+        ROOT / "tests" / "data" / "tfserving-testdata" / "saved_model_half_plus_two_2_versions", models / "hp2"
+    )
+    (models / "hp2" / "00000123").rename(models / "hp2" / ".not-a-version")
+    shutil.copytree(HP, models / "half_plus_two")
+    shutil.rmtree(models / "half_plus_two" / "00000123")
+    shutil.copytree(models / "hp2" / "00000124", models / "half_plus_two" / "124")
+    (models / "models.config").write_text(
+        "model_config_list { config { name: 'half_plus_two' base_path: '/models/half_plus_two' "
+        "model_platform: 'tensorflow' version_labels { key: 'canary' value: 124 } } }"
+    )
+    models.chmod(0o755)
+    canary = docker_client.containers.run(
+        "local/tfserving-compat:latest",
+        ["--model_config_file=/models/models.config", "--allow_version_labels_for_unavailable_models=true"],
+        detach=True,
+        name=name,
+        volumes={str(models): {"bind": "/models", "mode": "ro"}},
+        ports={
+            "8500/tcp": ("127.0.0.1", settings.canary_replica_grpc_port),
+            "8501/tcp": ("127.0.0.1", settings.canary_replica_rest_port),
+        },
+    )
+    router = RouterHook("router_local")  # its Connection comes from stack.airflow_env (tests/conftest.py)
+    try:
+        wait_for("the canary pool UP", lambda: set(replica_states(settings, "canary").values()) == {"UP"}, 60)
+        base = f"http://127.0.0.1:{settings.serving_rest_port}/v1/models/half_plus_two"
+
+        def version_of(path: str) -> int | None:
+            resp = requests.get(f"{base}{path}/metadata", timeout=10)
+            return int(resp.json()["model_spec"]["version"]) if resp.status_code == 200 else None
+
+        assert version_of("") == 123 and version_of("/versions/123") == 123
+        assert version_of("/labels/canary") == 124  # the label lives in the canary pool only
+        assert version_of("/versions/124") is None  # not routed yet: the stable pool does not have it
+        router.route_candidate("half_plus_two", 124)
+        assert version_of("/versions/124") == 124 and version_of("/VERSIONS/124") == 124
+        assert version_of("") == 123  # unversioned calls never move
+        assert "half_plus_two/124 canary" in stack.router_map(settings).read_text()  # a restarted router keeps it
+        assert router.unroute_candidates("half_plus_two") == ["half_plus_two/124"]
+        assert version_of("/versions/124") is None
+        assert stack.router_map(settings).read_text() == ""
+    finally:
+        with contextlib.suppress(Exception):
+            router.unroute_candidates("half_plus_two")
+        canary.remove(force=True)

@@ -23,6 +23,9 @@ DEV_PORTS = {
     "SERVING_REST_PORT": 8501,
     "SERVING_REPLICA_GRPC_PORT": 8510,
     "SERVING_REPLICA_REST_PORT": 8511,
+    "SERVING_CANARY_GRPC_PORT": 8502,
+    "SERVING_CANARY_REPLICA_GRPC_PORT": 8520,
+    "SERVING_CANARY_REPLICA_REST_PORT": 8521,
     "ROUTER_STATS_PORT": 8404,
 }
 # What the test session's conftest exports (stack.airflow_env) and what a user may have set.
@@ -209,11 +212,15 @@ def test_the_router_config_is_valid_haproxy_and_binds_loopback_only(clean_env, t
     s = Settings()
     text = stack.router_config(s)
     binds = [line.split()[1] for line in text.splitlines() if line.strip().startswith("bind ")]
-    assert binds == [f"127.0.0.1:{p}" for p in (s.serving_rest_port, s.serving_grpc_port, s.router_stats_port)]
+    ports = (s.serving_rest_port, s.serving_grpc_port, s.canary_grpc_port, s.router_stats_port)
+    assert binds == [f"127.0.0.1:{p}" for p in ports]
     servers = [line.split()[2] for line in text.splitlines() if line.strip().startswith("server ")]
-    assert servers == [f"127.0.0.1:{s.replica_rest_port}", f"127.0.0.1:{s.replica_grpc_port}"]
+    replicas = (s.replica_rest_port, s.replica_grpc_port, s.canary_replica_rest_port, s.canary_replica_grpc_port)
+    assert servers == [f"127.0.0.1:{p}" for p in replicas]
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(text)
+    stack.router_map(s).parent.mkdir(parents=True, exist_ok=True)
+    stack.router_map(s).touch()
     done = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr

@@ -208,3 +208,7 @@ class ServerStartError(ServingHostError):
 
 class ServerNotFound(ServingHostError, LookupError):
     """No container with that name on the Docker engine."""
+
+
+class RouterError(ServingError):
+    """The traffic router (HAProxy) could not be reached or refused a runtime change; nothing was changed."""

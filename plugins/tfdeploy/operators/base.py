@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 
 from tfdeploy.core.names import validate_model_name
 from tfdeploy.hooks.registry import RegistryHook
+from tfdeploy.hooks.router import RouterHook
 from tfdeploy.lineage import run_context
 from tfdeploy.services.serving_target import ServingTargetService
 from tfdeploy.services.targets import get_target
@@ -78,7 +79,8 @@ class DeployStep(BaseOperator):
 
 
 class ServingStep(DeployStep):
-    """A step that changes what a serving target serves.
+    """A step that changes what a serving target serves: its stable pool (``service``: production versions
+    only, every unversioned call), its canary pool (``canary``: candidates) and its router (``router``).
 
     :param serving_target: the serving target's name (``services.targets``).
     :param serving_image: the serving image; empty: the configured ``SERVING_IMAGE``.
@@ -107,8 +109,21 @@ class ServingStep(DeployStep):
 
     @cached_property
     def service(self) -> ServingTargetService:
+        """The target's stable pool."""
+        return self._pool("stable")
+
+    @cached_property
+    def canary(self) -> ServingTargetService:
+        """The target's canary pool."""
+        return self._pool("canary")
+
+    @cached_property
+    def router(self) -> RouterHook:
+        return RouterHook(get_target(self.serving_target).router_conn_id)
+
+    def _pool(self, pool: str) -> ServingTargetService:
         return ServingTargetService(
-            get_target(self.serving_target, self.serving_image or None),
+            get_target(self.serving_target, self.serving_image or None, pool=pool),
             available_timeout_s=self.available_timeout_s,
         )
 

@@ -1,6 +1,6 @@
-"""Manual rollback to an earlier version: serve a superseded version as stable again, verify it answers, and
-record it (the current production version -> rolled_back with the reason, the earlier one -> production).
-The current version stays loaded, so rolling forward again is a label change."""
+"""Manual rollback to an earlier version: the stable pool serves a superseded version as stable again and only
+it (so every unversioned call, REST or gRPC, reaches it), checked by asking ``/labels/stable``; the registry
+records it (the current production version -> rolled_back with the reason, the earlier one -> production)."""
 
 from __future__ import annotations
 
@@ -54,12 +54,8 @@ class ManualRollbackOperator(ServingStep):
             ModelStoreHook(self.webhdfs_conn_id), model, version, manifest_sha256=record.manifest_sha256
         )
 
-        def back_to(entry: ServedModel | None) -> ServedModel:
-            loaded = set(entry.versions) if entry else set()
-            versions = tuple(sorted((loaded & ({current} if current is not None else set())) | {version}))
-            return ServedModel(name=model, base_path=base_path, versions=versions, labels={"stable": version})
-
-        service.change(model, back_to)
+        # the version alone: the rolled-back one leaves the stable pool (it loads before the other unloads)
+        service.change(model, lambda _entry: ServedModel(model, base_path, (version,), {"stable": version}))
         if (answered := service.label_version(model, "stable")) != version:
             raise AirflowFailException(f"after the rollback, stable answers from v{answered}, not v{version}")
         lineage = self.lineage(context)
@@ -69,7 +65,7 @@ class ManualRollbackOperator(ServingStep):
         self.registry.transition(model, version, ModelState.PRODUCTION, reason=reason, context=lineage)
         self.registry.set_deployment(model, service.name, "stable", version, reason=reason, context=lineage)
         self.log.info(
-            "%s: v%s is stable again on %s (v%s stays loaded); reason: %s",
+            "%s: v%s is stable again on %s (v%s unloaded from the stable pool); reason: %s",
             model,
             version,
             service.name,

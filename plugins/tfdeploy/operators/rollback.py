@@ -50,9 +50,12 @@ class RollbackOperator(ServingStep):
         version = int(exported["version"])
         state = self.registry.get_version(model, version).state
         failed_step = next((s for s in GUARDED_STEPS if upstream_value(context, s) is None), "unknown")
-        service = self.service
-        entry = service.entry(model)
-        if state not in SERVED and not (entry is not None and version in entry.versions):
+        service, canary = self.service, self.canary
+        stable_entry = service.entry(model)
+        in_stable = stable_entry is not None and version in stable_entry.versions
+        in_canary = (entry := canary.entry(model)) is not None and version in entry.versions
+        if state not in SERVED and not in_stable and not in_canary:
+            canary.discard(model, version)
             service.discard(model, version)
             raise AirflowSkipException(
                 f"{model} v{version} never reached serving ({state.value}): production untouched"
@@ -62,14 +65,21 @@ class RollbackOperator(ServingStep):
             production = self.registry.production_version(model)
             previous = production if production != version else None
         try:
-            served = self._restore(model, version, previous)
+            self.router.unroute_candidates(model)
+            canary.change(model, lambda _entry: None)
+            canary.discard(model, version)
+            if in_stable:
+                served = self._restore(model, version, previous)
+            else:  # the candidate never reached the stable pool: production was never touched
+                served = list(stable_entry.versions) if stable_entry else []
         except Exception as exc:
             raise AirflowFailException(
                 f"ROLLBACK OF {model} v{version} ON {service.name} FAILED: {exc}. By hand: check the serving "
-                f"container `{service.target.container_name}` ({service.target.image}), make "
-                f"{service.host.config_path} serve "
+                f"containers `{service.target.container_name}` and `{canary.target.container_name}` "
+                f"({service.target.image}), make {service.host.config_path} serve "
                 + (f"v{previous} labelled stable" if previous is not None else f"no version of {model}")
-                + ", reload it (or restart the container), then mark the versions in the registry."
+                + f" and {canary.host.config_path} none of it, reload them (or restart the containers), remove "
+                f"{model}/{version} from the router's candidates map, then mark the versions in the registry."
             ) from exc
         reason = f"{failed_step} failed"
         health = self.registry.latest_health(model, limit=1)
@@ -103,7 +113,8 @@ class RollbackOperator(ServingStep):
                 return None
             loaded = set(entry.versions) if entry else set()
             base_path = entry.base_path if entry else service.host.container_base_path(model)
-            kept = tuple(sorted((loaded - {version}) | {previous}))
+            # never a version above the one restored: unversioned gRPC answers from the highest loaded
+            kept = tuple(sorted(v for v in (loaded - {version}) | {previous} if v <= previous))
             return ServedModel(name=model, base_path=base_path, versions=kept, labels={"stable": previous})
 
         change = service.change(model, restore)

@@ -1,6 +1,8 @@
-"""Roll out: stage the candidate from HDFS onto the serving host (verified against the registered manifest),
-load it next to the current stable version and label it ``canary``: one config transaction, in which the
-serving target service applies TF Serving's label rule (the label only once the version is AVAILABLE)."""
+"""Roll out: stage the candidate from HDFS into the target's CANARY pool (verified against the registered
+manifest), load it there labelled ``canary`` (one config transaction, in which the serving target service applies
+TF Serving's label rule), then route versioned REST calls for it to that pool. The stable pool, which takes every
+unversioned call, never loads a candidate: production traffic cannot reach it before promotion, whatever its
+version number."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ ROLLABLE = (ModelState.VALIDATED, ModelState.CANARY, ModelState.ROLLED_BACK)
 
 
 class RolloutOperator(ServingStep):
-    """Serves the candidate beside the stable version, labelled ``canary``; the registry records it.
+    """Serves the candidate in the canary pool, labelled ``canary``, and routes calls naming it there; the
+    registry records it.
 
     :param webhdfs_conn_id: the HDFS provider's Connection (the model store the candidate is fetched from).
     :param serving_target: the serving target's name.
@@ -43,32 +46,29 @@ class RolloutOperator(ServingStep):
                 f"{model} v{version} is {record.state.value}; only a validated version can be rolled out"
             )
         stable = self.registry.production_version(model)
-        service = self.service
-        base_path = service.stage(
+        canary = self.canary
+        base_path = canary.stage(
             ModelStoreHook(self.webhdfs_conn_id), model, version, manifest_sha256=record.manifest_sha256
         )
-        labels = {"stable": stable} if stable is not None and stable != version else {}
-        entry = ServedModel(
-            name=model,
-            base_path=base_path,
-            versions=tuple(sorted({v for v in (stable, version) if v is not None})),
-            labels={**labels, "canary": version},
-        )
-        change = service.change(model, lambda _current: entry)
+        entry = ServedModel(name=model, base_path=base_path, versions=(version,), labels={"canary": version})
+        change = canary.change(model, lambda _current: entry)
+        self.router.unroute_candidates(model)  # a route left by a run whose rollback failed goes first
+        self.router.route_candidate(model, version)
         lineage = self.lineage(context)
         if record.state != ModelState.CANARY:
             self.registry.transition(
-                model, version, ModelState.CANARY, reason=f"serving on {service.name}", context=lineage
+                model, version, ModelState.CANARY, reason=f"serving in {canary.name}'s canary pool", context=lineage
             )
-        self.registry.set_deployment(model, service.name, "canary", version, context=lineage)
+        self.registry.set_deployment(model, canary.name, "canary", version, context=lineage)
         self.log.info(
-            "%s: serving versions %s on %s; stable=%s canary=%s (%d reload(s)%s)",
+            "%s: v%s serves in %s's canary pool (%d reload(s)%s), routed for /versions/%s and /labels/canary; "
+            "stable v%s keeps every unversioned call",
             model,
-            list(entry.versions),
-            service.name,
-            stable,
             version,
+            canary.name,
             change.phases,
             ", container created" if change.container_created else "",
+            version,
+            stable,
         )
-        return {"model": model, "version": version, "target": service.name, "stable": stable}
+        return {"model": model, "version": version, "target": canary.name, "stable": stable}

@@ -60,7 +60,7 @@ class SmokeTestOperator(ServingStep):
         p99_budget = typed(self.p99_budget_ms, (int, float), "p99_budget_ms")
         max_ratio = typed(self.max_latency_ratio, (int, float), "max_latency_ratio")
         report = self.registry.get_version(model, version).validation_report
-        service = self.service
+        service = self.canary  # the candidate serves in the canary pool; stable in the stable pool
         serving = service.serving
         problems: list[str] = []
         rows = instances(report["goldenInputs"])
@@ -97,7 +97,7 @@ class SmokeTestOperator(ServingStep):
         stable = self.registry.production_version(model)
         ratio = None
         if stable is not None and stable != version:
-            stable_lat, _ = self._burst(serving, model, rows[:1], signature, {"label": "stable"}, count)
+            stable_lat, _ = self._burst(self.service.serving, model, rows[:1], signature, {"label": "stable"}, count)
             ratio = p50 / max(float(np.percentile(stable_lat, 50)), 1e-6)
             self.log.info("candidate p50 is %.2fx stable v%s's", ratio, stable)
             if ratio > max_ratio:

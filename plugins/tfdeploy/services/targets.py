@@ -1,9 +1,11 @@
 """Serving targets: where a model is served, named in the DAGs' ``serving_target`` Param.
 
-A target is a Docker engine (the ``serving_host_<name>`` Connection), a TF Serving server on it (the
-``tfserving_<name>`` Connection: host, REST and gRPC ports), the image the server runs, its container and
-its model directory. The image is configuration: ``tensorflow/serving`` in production; on machines that
-cannot pull it, the project's TF-Serving-compatible image (``SERVING_IMAGE``, the default here).
+A target is a Docker engine (the ``serving_host_<name>`` Connection), a router in front of it (the
+``router_<name>`` Connection) and two pools of TF Serving servers: ``stable``, which serves production versions
+only and takes every unversioned call, and ``canary``, where candidates load. Each pool is a container
+(``tfserving_<name>`` / ``tfserving_<name>_canary`` Connections: host, REST and gRPC ports) with its own model
+directory. The image is configuration: ``tensorflow/serving`` in production; on machines that cannot pull it,
+the project's TF-Serving-compatible image (``SERVING_IMAGE``, the default here).
 """
 
 from __future__ import annotations
@@ -14,28 +16,38 @@ from pathlib import Path
 from tfdeploy.settings import get_settings
 
 TARGETS = ("local",)
+POOLS = ("stable", "canary")
 
 
 @dataclass(frozen=True)
 class ServingTarget:
+    """One pool of a target: its container, model directory and Connections (``name`` is the target's)."""
+
     name: str
     image: str
     container_name: str
     model_root: Path
     tfserving_conn_id: str
     serving_host_conn_id: str
+    router_conn_id: str
+    pool: str = "stable"
 
 
-def get_target(name: str, image: str | None = None) -> ServingTarget:
-    """The configured target ``name``, serving ``image`` (empty: the configured ``SERVING_IMAGE``)."""
+def get_target(name: str, image: str | None = None, *, pool: str = "stable") -> ServingTarget:
+    """The ``pool`` of the configured target ``name``, serving ``image`` (empty: ``SERVING_IMAGE``)."""
     if name not in TARGETS:
         raise ValueError(f"unknown serving target {name!r}; configured targets: {', '.join(TARGETS)}")
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; pools: {', '.join(POOLS)}")
     s = get_settings()
+    suffix = "" if pool == "stable" else f"-{pool}"
     return ServingTarget(
         name=name,
         image=image or s.serving_image,
-        container_name=f"{s.serving_container_prefix}-{name}",
-        model_root=s.state_dir / "serving" / name,
-        tfserving_conn_id=f"tfserving_{name}",
+        container_name=f"{s.serving_container_prefix}-{name}{suffix}",
+        model_root=s.state_dir / "serving" / f"{name}{suffix}",
+        tfserving_conn_id=f"tfserving_{name}{suffix.replace('-', '_')}",
         serving_host_conn_id=f"serving_host_{name}",
+        router_conn_id=f"router_{name}",
+        pool=pool,
     )

@@ -157,10 +157,47 @@ def test_a_model_missing_its_signature_is_rejected_and_production_untouched(depl
     assert served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}
 
 
+class Hammer(threading.Thread):
+    """A client calling the model without a version, as production clients do, through the router."""
+
+    def __init__(self, model: str, example: Path) -> None:
+        super().__init__(daemon=True)
+        golden = json.loads((example / "golden.json").read_text())
+        self.url = f"{REST}/v1/models/{model}:predict"
+        self.body = {"instances": golden["inputs"][:1]}
+        self.answers: list = []
+        self.failures: list = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            while not self.stop.is_set() and len(self.answers) + len(self.failures) < 20000:
+                try:
+                    resp = session.post(self.url, json=self.body, timeout=10)
+                    if resp.status_code == 200:
+                        self.answers.append(resp.json()["predictions"][0][0])
+                    else:
+                        self.failures.append(resp.status_code)
+                except requests.RequestException as exc:
+                    self.failures.append(str(exc))
+                self.stop.wait(0.01)
+
+
 def test_a_model_that_answers_wrongly_fails_smoke_and_is_rolled_back(deploy, registry, model, examples, settings):
     alerts = settings.state_dir / "alerts.log"
     before = alerts.read_text() if alerts.exists() else ""
-    final, states = deploy(examples["noisy"], threshold=None, max_regression=None)
+    production = predict(model, examples["better"])[0]
+    hammer = Hammer(model, examples["better"])  # unversioned calls while the noisy candidate is tried
+    hammer.start()
+    try:
+        final, states = deploy(examples["noisy"], threshold=None, max_regression=None)
+    finally:
+        hammer.stop.set()
+        hammer.join(timeout=30)
+    # not one unversioned call reached the candidate (it answers noise), and none failed
+    assert len(hammer.answers) > 100 and hammer.failures == []
+    assert all(abs(answer - production) < 1e-6 for answer in hammer.answers)
     assert final["state"] == "failed", states
     assert states["smoke"] == "failed" and states["rollback"] == "success" and states["release_gate"] == "failed"
     version = max(versions_state(registry, model))
@@ -245,7 +282,8 @@ def test_manual_rollback_to_an_earlier_version(airflow, registry, model, example
     assert registry(f"/models/{model}")["version"] == 2
     assert versions_state(registry, model)[current] == "rolled_back"
     assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
-    assert served(model)[current] == "AVAILABLE"  # still loaded: rolling forward again is a label change
+    assert predict(model, examples["better"]) == pytest.approx(expected(examples["better"]), abs=0.01)  # unversioned
+    assert served(model).get(current, "END") == "END"  # the rolled-back version left the stable pool
     event = registry(f"/models/{model}/history", kind="transition", limit=1)["events"][0]
     assert (event["version"], event["toState"]) == (2, "production")
     assert event["reason"] == "manual rollback to v2: p99 regression" and event["dagId"] == "model_rollback"

@@ -1,8 +1,10 @@
 """Fakes for the operators' unit tests: a registry that keeps versions in dicts and enforces the real state
-machine, a serving target service that keeps a models.config-like dict, a model store, and Airflow's context.
+machine, a serving target service that keeps a models.config-like dict (one per pool: stable and canary), the
+router's candidates map, a model store, and Airflow's context.
 
-Nothing here reaches HDFS, Docker, TF Serving, the registry or Airflow's REST API: every fake is built by the
-test that uses it (no shared state, any order), and a guard fails any test that opens a network connection.
+Nothing here reaches HDFS, Docker, TF Serving, the router, the registry or Airflow's REST API: every fake is
+built by the test that uses it (no shared state, any order), a guard fails any test that opens a network
+connection, and another fails any serving step that would build a real pool or router (not injected).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tfdeploy.core.errors import (
     LockHeld,
     LostRace,
     NotFound,
+    RouterError,
     VersionConflict,
     VersionNotAvailable,
 )
@@ -61,6 +64,13 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"unit test tried to connect to {address}")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
+
+    def not_injected(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a serving step built a real pool or router: inject(op, service=, canary=, router=)")
+
+    # the real ones write the target's models.config under the state directory before any connection
+    monkeypatch.setattr(base_module, "ServingTargetService", not_injected)
+    monkeypatch.setattr(base_module, "RouterHook", not_injected)
 
 
 @dataclass
@@ -135,12 +145,12 @@ def exported(version: int, *, action: str = "release", model: str = MODEL, sha: 
     }
 
 
-def inject(op: Any, *, registry: Any = None, service: Any = None) -> Any:
-    """Put fakes where the operator's cached properties look first (the instance dict)."""
-    if registry is not None:
-        op.__dict__["registry"] = registry
-    if service is not None:
-        op.__dict__["service"] = service
+def inject(op: Any, *, registry: Any = None, service: Any = None, canary: Any = None, router: Any = None) -> Any:
+    """Put fakes where the operator's cached properties look first (the instance dict): ``service`` is the
+    stable pool, ``canary`` the canary pool, ``router`` the router."""
+    for name, fake in (("registry", registry), ("service", service), ("canary", canary), ("router", router)):
+        if fake is not None:
+            op.__dict__[name] = fake
     return op
 
 
@@ -465,12 +475,19 @@ class FakeService:
     ``label_answers[label]`` overrides what ``label_version`` reports. A version that is not staged never
     becomes AVAILABLE (``VersionNotAvailable``), as on a real host."""
 
-    def __init__(self, name: str = TARGET, *, serving: FakeServing | None = None) -> None:
+    def __init__(
+        self,
+        name: str = TARGET,
+        *,
+        serving: FakeServing | None = None,
+        container_name: str = "tfserving-local",
+        model_root: str = "/srv",
+    ) -> None:
         self.target = SimpleNamespace(
-            name=name, container_name="tfserving-local", image="local/tfserving-compat:latest", model_root="/srv"
+            name=name, container_name=container_name, image="local/tfserving-compat:latest", model_root=model_root
         )
         self.host = SimpleNamespace(
-            config_path="/srv/models.config", container_base_path=lambda model: f"/models/{model}"
+            config_path=f"{model_root}/models.config", container_base_path=lambda model: f"/models/{model}"
         )
         self.serving = serving or FakeServing()
         self.config: dict[str, ServedModel] = {}
@@ -556,7 +573,50 @@ class FakeService:
 
 @pytest.fixture
 def service() -> FakeService:
+    """The target's stable pool."""
     return FakeService()
+
+
+@pytest.fixture
+def canary() -> FakeService:
+    """The target's canary pool: the same target name, its own container, model directory and server."""
+    return FakeService(container_name="tfserving-local-canary", model_root="/srv-canary")
+
+
+class FakeRouter:
+    """``RouterHook``'s candidates map as a dict (``routes``: ``{"<model>/<version>": "canary"}``). Every call
+    is appended to ``calls`` (``(method, *args)``); ``fail`` (a ``RouterError``) makes every method raise
+    before it changes anything, as the real hook does when the router cannot be reached."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, str] = {}
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail: RouterError | None = None
+
+    def _call(self, *call: Any) -> None:
+        self.calls.append(call)
+        if self.fail is not None:
+            raise self.fail
+
+    def candidates(self) -> dict[str, str]:
+        self._call("candidates")
+        return dict(self.routes)
+
+    def route_candidate(self, model: str, version: int) -> None:
+        self._call("route_candidate", model, version)
+        self.routes[f"{model}/{version}"] = "canary"
+
+    def unroute_candidates(self, model: str) -> list[str]:
+        self._call("unroute_candidates", model)
+        keys = [key for key in self.routes if key.startswith(f"{model}/")]
+        for key in keys:
+            del self.routes[key]
+        return keys
+
+
+@pytest.fixture
+def router() -> FakeRouter:
+    return FakeRouter()
 
 
 # --------------------------------------------------------------------------- the model store (HDFS)

@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from tests.unit.operators.conftest import MODEL, TARGET, FakeModelStore, FakeRegistry, FakeService, inject, make_context
+from tests.unit.operators.conftest import (
+    MODEL,
+    TARGET,
+    FakeModelStore,
+    FakeRegistry,
+    FakeRouter,
+    FakeService,
+    inject,
+    make_context,
+)
 from tfdeploy.core.errors import ChecksumMismatch, NotFound
 from tfdeploy.core.models_config import ServedModel
 from tfdeploy.core.states import ModelState
@@ -28,6 +37,7 @@ def manual(registry: FakeRegistry, service: FakeService, **kwargs: Any) -> Manua
     kwargs.setdefault("version", 1)
     kwargs.setdefault("reason", "p99 regression")
     op = ManualRollbackOperator(task_id="rollback_to", model_name=MODEL, **kwargs)
+    # no canary pool or router injected: using one would fail the test (conftest's guard)
     return inject(op, registry=registry, service=service)
 
 
@@ -53,7 +63,11 @@ def test_superseded_version_back_in_production(
     assert result == {"model": MODEL, "version": 1, "previous": 2, "changed": True}
     [staged] = service.stage_calls
     assert (staged["store"], staged["version"], staged["sha"]) == (fake_store, 1, V1_SHA)
-    assert service.config[MODEL] == ServedModel(MODEL, f"/models/{MODEL}", (1, 2), {"stable": 1})  # v2 stays
+    # v1 alone: the rolled-back v2 leaves the stable pool, so every unversioned call reaches v1
+    assert service.config == {MODEL: ServedModel(MODEL, f"/models/{MODEL}", (1,), {"stable": 1})}
+    [change] = service.changes
+    assert change.dropped == [2]
+    assert (MODEL, 2) not in service.staged and (MODEL, 1) in service.staged
     assert service.calls["label_version"] == 1
     assert registry.transitions() == [(2, "production", "rolled_back"), (1, "superseded", "production")]
     assert {w.args["reason"] for w in registry.writes_of("transition")} == {REASON}
@@ -63,15 +77,35 @@ def test_superseded_version_back_in_production(
     assert registry.deployments == {(MODEL, TARGET, "stable"): 1}
 
 
-def test_other_loaded_versions_unload(registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore) -> None:
+def test_canary_pool_and_router_are_not_used(
+    registry: FakeRegistry,
+    service: FakeService,
+    canary: FakeService,
+    router: FakeRouter,
+    fake_store: FakeModelStore,
+) -> None:
+    promoted_v2(registry, service, 1)
+    canary.serve(3, canary=3)
+    op = inject(manual(registry, service), canary=canary, router=router)
+
+    op.execute(context())
+
+    assert canary.calls == {} and router.calls == []
+    assert canary.config[MODEL].versions == (3,)
+
+
+def test_every_other_loaded_version_unloads(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
     registry.seed(2, "superseded")
     registry.seed(3, "production")
     service.serve(1, 2, 3, stable=3)
 
     manual(registry, service, version=2).execute(context())
 
-    assert service.config[MODEL].versions == (2, 3)
-    assert (MODEL, 1) not in service.staged
+    assert service.config[MODEL] == ServedModel(MODEL, f"/models/{MODEL}", (2,), {"stable": 2})
+    assert service.changes[0].dropped == [1, 3]
+    assert {(MODEL, 1), (MODEL, 3)}.isdisjoint(service.staged)
 
 
 def test_rerun_is_a_noop(registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore) -> None:

@@ -1,4 +1,5 @@
-"""SmokeTestOperator against a fake TF Serving answering from a function the test sets."""
+"""SmokeTestOperator against fake TF Serving servers answering from functions the test sets: the candidate is
+judged in the canary pool (``canary.serving``), stable's latency measured in the stable pool (``service.serving``)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ def noisy(model: str, instances: list, **where: Any) -> list:
     return [[2.0 * row[0] + 0.37] for row in instances]
 
 
-def smoke(registry: FakeRegistry, service: FakeService, **kwargs: Any) -> SmokeTestOperator:
+def smoke(registry: FakeRegistry, service: FakeService, canary: FakeService, **kwargs: Any) -> SmokeTestOperator:
     kwargs.setdefault("requests", 10)
     op = SmokeTestOperator(task_id="smoke", model_name=MODEL, **kwargs)
-    return inject(op, registry=registry, service=service)
+    return inject(op, registry=registry, service=service, canary=canary)
 
 
 def context() -> dict:
@@ -50,40 +51,60 @@ def health(registry: FakeRegistry) -> tuple[str, dict]:
     return record.status, record.details
 
 
-def test_parity_passes_and_is_recorded_healthy(registry: FakeRegistry, service: FakeService) -> None:
+def test_parity_passes_and_is_recorded_healthy(
+    registry: FakeRegistry, service: FakeService, canary: FakeService
+) -> None:
     candidate(registry)
-    service.serving.answer = right
+    canary.serving.answer = right
 
-    result = smoke(registry, service).execute(context())
+    result = smoke(registry, service, canary).execute(context())
 
     assert result["model"] == MODEL and result["version"] == 2
     status, details = health(registry)
     assert status == "healthy"
     assert details["problems"] == [] and details["errors"] == 0
     assert details["latencyRatioVsStable"] is None  # no stable version to compare with
-    where = [(p["version"], p["label"]) for p in service.serving.predicts]
+    where = [(p["version"], p["label"]) for p in canary.serving.predicts]
     assert where[:2] == [(2, None), (None, "canary")]  # parity through the version and the label
     assert where[2:] == [(2, None)] * 10  # the burst
-    assert {p["signature_name"] for p in service.serving.predicts} == {"serving_default"}
-    assert service.serving.metadatas == [{"version": 2, "label": None}]
+    assert {p["signature_name"] for p in canary.serving.predicts} == {"serving_default"}
+    assert canary.serving.metadatas == [{"version": 2, "label": None}]
+    # no stable version: the stable pool is not asked at all, and smoke changes no pool
+    assert service.serving.predicts == [] and service.serving.metadatas == []
+    assert service.calls == {} and canary.calls == {}
     assert registry.writes_of("transition") == []
 
 
-def test_outputs_by_name_are_compared(registry: FakeRegistry, service: FakeService) -> None:
-    candidate(registry)
-    service.serving.answer = lambda model, rows, **where: [{"y": [2.0 * r[0]], "other": [9.0]} for r in rows]
+def test_parity_is_judged_in_the_canary_pool_only(
+    registry: FakeRegistry, service: FakeService, canary: FakeService
+) -> None:
+    candidate(registry, stable=True)
+    canary.serving.answer = right
+    service.serving.answer = noisy  # the stable pool serves other outputs (another version): not compared
 
-    smoke(registry, service).execute(context())
+    smoke(registry, service, canary).execute(context())
+
+    assert health(registry)[0] == "healthy"
+    assert [(p["version"], p["label"]) for p in canary.serving.predicts[:2]] == [(2, None), (None, "canary")]
+    assert service.serving.metadatas == []
+    assert {(p["version"], p["label"]) for p in service.serving.predicts} == {(None, "stable")}
+
+
+def test_outputs_by_name_are_compared(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
+    candidate(registry)
+    canary.serving.answer = lambda model, rows, **where: [{"y": [2.0 * r[0]], "other": [9.0]} for r in rows]
+
+    smoke(registry, service, canary).execute(context())
 
     assert health(registry)[0] == "healthy"
 
 
-def test_noisy_answers_fail_unhealthy(registry: FakeRegistry, service: FakeService) -> None:
+def test_noisy_answers_fail_unhealthy(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
     candidate(registry)
-    service.serving.answer = noisy
+    canary.serving.answer = noisy
 
     with pytest.raises(AirflowFailException, match="smoke test of demo_regressor v2 failed") as err:
-        smoke(registry, service).execute(context())
+        smoke(registry, service, canary).execute(context())
 
     status, details = health(registry)
     assert status == "unhealthy"
@@ -93,104 +114,126 @@ def test_noisy_answers_fail_unhealthy(registry: FakeRegistry, service: FakeServi
     assert "0.37" in str(err.value)
 
 
-def test_canary_label_on_the_wrong_version_fails(registry: FakeRegistry, service: FakeService) -> None:
+def test_canary_label_on_the_wrong_version_fails(
+    registry: FakeRegistry, service: FakeService, canary: FakeService
+) -> None:
     candidate(registry)
-    service.serving.answer = lambda model, rows, **where: (noisy if where["label"] == "canary" else right)(model, rows)
+    canary.serving.answer = lambda model, rows, **where: (noisy if where["label"] == "canary" else right)(model, rows)
 
     with pytest.raises(AirflowFailException, match="via label canary"):
-        smoke(registry, service).execute(context())
+        smoke(registry, service, canary).execute(context())
     assert [p for p in health(registry)[1]["problems"] if "via version" in p] == []
 
 
-def test_empty_answer_is_no_parity(registry: FakeRegistry, service: FakeService) -> None:
+def test_empty_answer_is_no_parity(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
     candidate(registry)
-    service.serving.answer = lambda model, rows, **where: []
+    canary.serving.answer = lambda model, rows, **where: []
 
     with pytest.raises(AirflowFailException, match="have 0 values"):
-        smoke(registry, service).execute(context())
+        smoke(registry, service, canary).execute(context())
 
 
-def test_tolerance(registry: FakeRegistry, service: FakeService) -> None:
+def test_tolerance(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
     candidate(registry)
-    service.serving.answer = lambda model, rows, **where: [[2.0 * r[0] + 0.01] for r in rows]
+    canary.serving.answer = lambda model, rows, **where: [[2.0 * r[0] + 0.01] for r in rows]
 
-    smoke(registry, service, tolerance=0.05).execute(context())
+    smoke(registry, service, canary, tolerance=0.05).execute(context())
 
     assert health(registry)[0] == "healthy"
 
 
-def test_failed_requests_are_counted(registry: FakeRegistry, service: FakeService) -> None:
+def test_failed_requests_are_counted(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
     candidate(registry)
-    service.serving.answer = right
-    service.serving.fail_every = 5  # predicts 5 and 10 fail: both in the burst (1 and 2 are parity)
+    canary.serving.answer = right
+    canary.serving.fail_every = 5  # predicts 5 and 10 fail: both in the burst (1 and 2 are parity)
 
     with pytest.raises(AirflowFailException, match="2 of 10 requests failed"):
-        smoke(registry, service).execute(context())
+        smoke(registry, service, canary).execute(context())
     status, details = health(registry)
     assert (status, details["errors"]) == ("unhealthy", 2)
 
 
-def test_missing_signature_in_metadata_fails(registry: FakeRegistry, service: FakeService) -> None:
+def test_missing_signature_in_metadata_fails(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
     candidate(registry)
-    service.serving.answer = right
-    service.serving.signatures = ["serve"]
+    canary.serving.answer = right
+    canary.serving.signatures = ["serve"]
 
     with pytest.raises(AirflowFailException, match="lacks signature 'serving_default'"):
-        smoke(registry, service).execute(context())
+        smoke(registry, service, canary).execute(context())
 
 
-def test_p99_over_budget_fails(registry: FakeRegistry, service: FakeService) -> None:
+def test_p99_over_budget_fails(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
     candidate(registry)
 
     def slow(model: str, rows: list, **where: Any) -> list:
         time.sleep(0.003)
         return right(model, rows)
 
-    service.serving.answer = slow
+    canary.serving.answer = slow
 
     with pytest.raises(AirflowFailException, match="over the budget of 1 ms"):
-        smoke(registry, service, p99_budget_ms=1).execute(context())
+        smoke(registry, service, canary, p99_budget_ms=1).execute(context())
 
 
-def test_latency_compared_with_stable_passes(registry: FakeRegistry, service: FakeService) -> None:
+def test_latency_compared_with_stable_passes(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
     candidate(registry, stable=True)
+    canary.serving.answer = right
 
-    def answer(model: str, rows: list, **where: Any) -> list:
-        if where["label"] == "stable":
-            time.sleep(0.002)  # stable is the slow one
+    def slow_stable(model: str, rows: list, **where: Any) -> list:
+        time.sleep(0.002)  # stable is the slow one
         return right(model, rows)
 
-    service.serving.answer = answer
+    service.serving.answer = slow_stable
 
-    smoke(registry, service).execute(context())
+    smoke(registry, service, canary).execute(context())
 
     status, details = health(registry)
     assert status == "healthy"
     assert details["latencyRatioVsStable"] < 1
-    assert sum(p["label"] == "stable" for p in service.serving.predicts) == 10
+    # stable's burst goes to the stable pool by its label; the canary pool never gets a stable call
+    assert [(p["version"], p["label"]) for p in service.serving.predicts] == [(None, "stable")] * 10
+    assert all(p["label"] != "stable" for p in canary.serving.predicts)
+    assert len(canary.serving.predicts) == 12
 
 
-def test_candidate_much_slower_than_stable_fails(registry: FakeRegistry, service: FakeService) -> None:
+def test_candidate_much_slower_than_stable_fails(
+    registry: FakeRegistry, service: FakeService, canary: FakeService
+) -> None:
     candidate(registry, stable=True)
 
-    def answer(model: str, rows: list, **where: Any) -> list:
-        if where["version"] == 2:
-            time.sleep(0.003)
+    def slow_candidate(model: str, rows: list, **where: Any) -> list:
+        time.sleep(0.003)
         return right(model, rows)
 
-    service.serving.answer = answer
-
-    with pytest.raises(AirflowFailException, match=r"x stable's \(allowed 1.5x\)"):
-        smoke(registry, service, max_latency_ratio=1.5).execute(context())
-    assert health(registry)[1]["latencyRatioVsStable"] > 1.5
-
-
-def test_rerun_judges_again_and_changes_no_state(registry: FakeRegistry, service: FakeService) -> None:
-    candidate(registry)
+    canary.serving.answer = slow_candidate
     service.serving.answer = right
 
-    smoke(registry, service).execute(context())
-    smoke(registry, service).execute(context())
+    with pytest.raises(AirflowFailException, match=r"x stable's \(allowed 1.5x\)"):
+        smoke(registry, service, canary, max_latency_ratio=1.5).execute(context())
+    assert health(registry)[1]["latencyRatioVsStable"] > 1.5
+    assert len(service.serving.predicts) == 10
+
+
+def test_no_latency_comparison_when_the_candidate_is_stable(
+    registry: FakeRegistry, service: FakeService, canary: FakeService
+) -> None:
+    registry.seed(2, "production", validation_report=REPORT)
+    canary.serving.answer = right
+
+    smoke(registry, service, canary).execute(context())
+
+    assert health(registry)[1]["latencyRatioVsStable"] is None
+    assert service.serving.predicts == []
+
+
+def test_rerun_judges_again_and_changes_no_state(
+    registry: FakeRegistry, service: FakeService, canary: FakeService
+) -> None:
+    candidate(registry)
+    canary.serving.answer = right
+
+    smoke(registry, service, canary).execute(context())
+    smoke(registry, service, canary).execute(context())
 
     assert [r.status for _, r in registry.health] == ["healthy", "healthy"]
     assert registry.transitions() == []
@@ -201,17 +244,17 @@ def test_rerun_judges_again_and_changes_no_state(registry: FakeRegistry, service
     [("requests", "100"), ("tolerance", "0.1"), ("p99_budget_ms", None), ("max_latency_ratio", True)],
 )
 def test_templated_values_of_the_wrong_type_are_refused(
-    registry: FakeRegistry, service: FakeService, name: str, value: Any
+    registry: FakeRegistry, service: FakeService, canary: FakeService, name: str, value: Any
 ) -> None:
     candidate(registry)
 
     with pytest.raises(TypeError, match=name):
-        smoke(registry, service, **{name: value}).execute(context())
-    assert service.serving.predicts == []
+        smoke(registry, service, canary, **{name: value}).execute(context())
+    assert canary.serving.predicts == [] and service.serving.predicts == []
     assert registry.writes == []
 
 
-def test_named_inputs_golden_examples(registry: FakeRegistry, service: FakeService) -> None:
+def test_named_inputs_golden_examples(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
     # golden.py allows {input name: rows}: they are sent in TF Serving's row format, one object per row
     candidate(registry, report={**REPORT, "goldenInputs": {"x": INPUTS}})
     seen: list = []
@@ -220,17 +263,19 @@ def test_named_inputs_golden_examples(registry: FakeRegistry, service: FakeServi
         seen.append(rows)
         return [[2.0 * r["x"][0]] for r in rows]
 
-    service.serving.answer = answer
-    smoke(registry, service).execute(context())
+    canary.serving.answer = answer
+    smoke(registry, service, canary).execute(context())
 
     assert health(registry)[0] == "healthy"
     assert seen[0] == [{"x": row} for row in INPUTS]
 
 
-def test_answers_of_another_shape_are_a_parity_failure(registry: FakeRegistry, service: FakeService) -> None:
+def test_answers_of_another_shape_are_a_parity_failure(
+    registry: FakeRegistry, service: FakeService, canary: FakeService
+) -> None:
     candidate(registry)
-    service.serving.answer = lambda model, rows, **where: [[2.0 * r[0], 0.0] for r in rows]
+    canary.serving.answer = lambda model, rows, **where: [[2.0 * r[0], 0.0] for r in rows]
 
     with pytest.raises(AirflowFailException, match=r"served outputs via version have \d+ values, validation's"):
-        smoke(registry, service).execute(context())
+        smoke(registry, service, canary).execute(context())
     assert health(registry)[0] == "unhealthy"
