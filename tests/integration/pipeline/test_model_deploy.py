@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -142,6 +143,23 @@ def test_second_deploy_promotes_and_keeps_the_first_loaded(deploy, registry, mod
     assert served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}  # previous stable kept for a fast rollback
     assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
     assert container_id() == before  # changed by a gRPC reload: no restart, no downtime
+
+
+def test_a_restarted_replica_comes_back_with_its_versions_and_labels(model, examples):
+    # models.config on disk carries the labels; the replica runs with --allow_version_labels_for_unavailable_models
+    # because TF Serving assigns labels before it loads versions at start-up (ServerCore::ReloadConfig)
+    container = docker.DockerClient(base_url=SETTINGS.docker_host).containers.get(CONTAINER)
+    container.restart(timeout=10)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}:
+                break
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(0.5)
+    assert served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}
+    assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
 
 
 def test_a_model_missing_its_signature_is_rejected_and_production_untouched(deploy, registry, model, examples):

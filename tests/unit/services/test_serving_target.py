@@ -96,7 +96,9 @@ class CountingServing:
 
 @pytest.fixture
 def target(tmp_path) -> ServingTarget:
-    return ServingTarget("local", "img:1", "tfserving-local", tmp_path, "tfserving_local", "serving_host_local")
+    return ServingTarget(
+        "local", "img:1", "tfserving-local", tmp_path, "tfserving_local", "serving_host_local", "router_local"
+    )
 
 
 def make(target, on_disk=(), running=True):
