@@ -28,6 +28,13 @@ def replica_states(settings, pool: str = "stable") -> dict[str, str]:
     return {f"{r[0]}/{r[1]}": r[17] for r in rows if r[0] in POOLS[pool] and r[1] not in ("FRONTEND", "BACKEND")}
 
 
+def serves(port: int, model: str) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def wait_for(what: str, check, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -57,6 +64,8 @@ def replica(settings, docker_client, tmp_path):
         labels={"tfdeploy.serving.model-root": str(settings.state_dir / "serving" / "router-test")},
     )
     try:
+        # the replica itself first: a container just replaced on the same ports can still look UP to the router
+        wait_for("the replica to serve", lambda: serves(settings.replica_rest_port, "half_plus_two"), 60)
         wait_for("the replica to be UP in the router", lambda: set(replica_states(settings).values()) == {"UP"}, 60)
         yield container
     finally:
@@ -155,6 +164,7 @@ def test_calls_naming_a_candidate_reach_the_canary_pool_and_nothing_else_does(
     )
     router = RouterHook("router_local")  # its Connection comes from stack.airflow_env (tests/conftest.py)
     try:
+        wait_for("the canary replica to serve", lambda: serves(settings.canary_replica_rest_port, "half_plus_two"), 60)
         wait_for("the canary pool UP", lambda: set(replica_states(settings, "canary").values()) == {"UP"}, 60)
         base = f"http://127.0.0.1:{settings.serving_rest_port}/v1/models/half_plus_two"
 
