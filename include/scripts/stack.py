@@ -701,7 +701,7 @@ def airflow_env(s: Settings) -> dict[str, str]:
                 "conn_type": "tfserving",
                 "host": "127.0.0.1",
                 "port": s.replica_rest_port,
-                "extra": {"grpc_port": s.replica_grpc_port},
+                "extra": {"grpc_port": s.replica_grpc_port, "replicas": s.stable_replicas},
             }
         ),
         "AIRFLOW_CONN_TFSERVING_LOCAL_CANARY": json.dumps(
@@ -816,8 +816,6 @@ def status_airflow(s: Settings) -> str:
 
 # ----------------------------------------------------------------------------- router (HAProxy)
 
-ROUTER_REPLICAS = 1  # replicas of the `local` target's stable pool behind the router
-
 
 def router_map(s: Settings) -> Path:
     """The router's map of candidates (``<model>/<version> canary``): versioned REST calls for them go to the
@@ -847,7 +845,7 @@ def router_config(s: Settings) -> str:
         )
         return rest, grpc
 
-    stable_rest, stable_grpc = servers("replica", s.replica_rest_port, s.replica_grpc_port, ROUTER_REPLICAS)
+    stable_rest, stable_grpc = servers("replica", s.replica_rest_port, s.replica_grpc_port, s.stable_replicas)
     canary_rest, canary_grpc = servers("canary", s.canary_replica_rest_port, s.canary_replica_grpc_port, 1)
     check = (
         "    option httpchk GET /v1/models/tfdeploy-router-probe\n"
@@ -870,6 +868,11 @@ defaults
     timeout server 60s
     timeout queue 10s
     timeout check 2s
+    # a replica that dies takes only its in-flight requests with it: a failed connection or an empty answer
+    # is retried on another replica (predict, classify, regress and reads change nothing: safe to retry)
+    retries 2
+    option redispatch 1
+    retry-on conn-failure empty-response junk-response
 
 frontend serving_rest
     bind 127.0.0.1:{s.serving_rest_port}

@@ -63,6 +63,17 @@ def _port(name: str, default: int) -> int:
     return port
 
 
+def _count(name: str, default: int, low: int, high: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number; set it to an integer {low}-{high}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is out of range; set it to an integer {low}-{high}")
+    return value
+
+
 def _profile() -> StackProfile:
     name = _stack_override.get() or _env("TFDEPLOY_STACK", "dev")
     try:
@@ -123,6 +134,8 @@ class Settings:
     canary_replica_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_CANARY_REPLICA_GRPC_PORT", 8520))
     canary_replica_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_CANARY_REPLICA_REST_PORT", 8521))
     router_stats_port: int = field(default_factory=lambda: _stack_port("ROUTER_STATS_PORT", 8404))
+    # replicas of the stable pool (replica i listens on the replica ports + 2i), rolled one at a time
+    stable_replicas: int = field(default_factory=lambda: _count("SERVING_STABLE_REPLICAS", 2, 1, 5))
     serving_container_prefix: str = field(default_factory=lambda: _profile().container_prefix)
 
     @property

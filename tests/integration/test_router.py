@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -43,33 +44,48 @@ def wait_for(what: str, check, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
-def replica(settings, docker_client, tmp_path):
-    """A serving container on the `local` target's replica ports, in place of the pipeline's."""
-    name = f"{settings.serving_container_prefix}-local"
-    with contextlib.suppress(Exception):
-        docker_client.containers.get(name).remove(force=True)
+def replicas(settings, docker_client, tmp_path):
+    """The stable pool's replicas (containers on the replica ports + 2i), in place of the pipeline's."""
+    names = [f"{settings.serving_container_prefix}-local"] + [
+        f"{settings.serving_container_prefix}-local-{i}" for i in range(1, settings.stable_replicas)
+    ]
+    for name in names:
+        with contextlib.suppress(Exception):
+            docker_client.containers.get(name).remove(force=True)
     models = tmp_path / "models"
     shutil.copytree(HP, models / "half_plus_two")
     models.chmod(0o755)
-    container = docker_client.containers.run(
-        "local/tfserving-compat:latest",
-        detach=True,
-        name=name,
-        environment={"MODEL_NAME": "half_plus_two"},
-        volumes={str(models): {"bind": "/models", "mode": "ro"}},
-        ports={
-            "8500/tcp": ("127.0.0.1", settings.replica_grpc_port),
-            "8501/tcp": ("127.0.0.1", settings.replica_rest_port),
-        },
-        labels={"tfdeploy.serving.model-root": str(settings.state_dir / "serving" / "router-test")},
-    )
+    containers = [
+        docker_client.containers.run(
+            "local/tfserving-compat:latest",
+            detach=True,
+            name=name,
+            environment={"MODEL_NAME": "half_plus_two"},
+            volumes={str(models): {"bind": "/models", "mode": "ro"}},
+            ports={
+                "8500/tcp": ("127.0.0.1", settings.replica_grpc_port + 2 * i),
+                "8501/tcp": ("127.0.0.1", settings.replica_rest_port + 2 * i),
+            },
+            labels={"tfdeploy.serving.model-root": str(settings.state_dir / "serving" / "router-test")},
+        )
+        for i, name in enumerate(names)
+    ]
     try:
-        # the replica itself first: a container just replaced on the same ports can still look UP to the router
-        wait_for("the replica to serve", lambda: serves(settings.replica_rest_port, "half_plus_two"), 60)
-        wait_for("the replica to be UP in the router", lambda: set(replica_states(settings).values()) == {"UP"}, 60)
-        yield container
+        # the replicas themselves first: a container just replaced on the same ports can still look UP
+        for i in range(len(names)):
+            port = settings.replica_rest_port + 2 * i
+            wait_for("the replica to serve", lambda port=port: serves(port, "half_plus_two"), 60)
+        wait_for("the replicas to be UP in the router", lambda: set(replica_states(settings).values()) == {"UP"}, 60)
+        yield containers
     finally:
-        container.remove(force=True)
+        for container in containers:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+
+
+@pytest.fixture
+def replica(replicas):
+    return replicas[0]
 
 
 def test_clients_reach_the_replica_through_the_router(settings, replica):
@@ -90,17 +106,51 @@ def test_clients_reach_the_replica_through_the_router(settings, replica):
     assert 'haproxy_backend_http_responses_total{proxy="local_rest",code="2xx"}' in metrics
 
 
-def test_a_dead_replica_is_taken_out_and_comes_back(settings, replica):
-    url = f"http://127.0.0.1:{settings.serving_rest_port}/v1/models/half_plus_two"
-    replica.pause()  # alive but not answering: only the health check can tell
+def test_a_killed_replica_takes_only_its_in_flight_requests_and_the_others_carry_on(settings, replicas):
+    assert len(replicas) >= 2, "the stable pool has at least two replicas by default"
+    url = f"http://127.0.0.1:{settings.serving_rest_port}/v1/models/half_plus_two:predict"
+    results: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            while not stop.is_set() and len(results) < 5000:
+                try:
+                    results.append(session.post(url, json={"instances": [1.0]}, timeout=10).status_code)
+                except requests.RequestException:
+                    results.append(0)
+
+    thread = threading.Thread(target=client)
+    thread.start()
     try:
-        wait_for("the health check to mark it DOWN", lambda: set(replica_states(settings).values()) == {"DOWN"})
+        time.sleep(1)
+        replicas[0].kill()
+        wait_for("the health check to take it out", lambda: replica_states(settings)["local_rest/replica1"] == "DOWN")
+        after_down = len(results)
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    failed = [code for code in results if code != 200]
+    assert len(results) > 50
+    assert len(failed) <= 5, f"{len(failed)} of {len(results)} failed: {failed[:10]}"  # in flight on it at most
+    assert all(code == 200 for code in results[after_down:])  # then every request succeeds on the others
+
+
+def test_a_silent_pool_is_taken_out_and_answers_503_at_once(settings, replicas):
+    url = f"http://127.0.0.1:{settings.serving_rest_port}/v1/models/half_plus_two"
+    for container in replicas:
+        container.pause()  # alive but not answering: only the health check can tell
+    try:
+        wait_for("the health check to mark them DOWN", lambda: set(replica_states(settings).values()) == {"DOWN"})
         t0 = time.monotonic()
         resp = requests.get(url, timeout=10)
         assert resp.status_code == 503 and time.monotonic() - t0 < 1.0  # refused at once, not a hung request
     finally:
-        replica.unpause()
-    wait_for("the replica to be back", lambda: set(replica_states(settings).values()) == {"UP"})
+        for container in replicas:
+            container.unpause()
+    wait_for("the replicas to be back", lambda: set(replica_states(settings).values()) == {"UP"})
     assert requests.get(url, timeout=10).status_code == 200
 
 
@@ -113,9 +163,10 @@ def test_router_port_in_use_is_a_clear_error(settings, monkeypatch):
 
 
 def test_grpc_without_a_replica_fails_fast(settings, docker_client):
-    name = f"{settings.serving_container_prefix}-local"
-    with contextlib.suppress(Exception):
-        docker_client.containers.get(name).remove(force=True)
+    for i in range(settings.stable_replicas):
+        name = f"{settings.serving_container_prefix}-local" + (f"-{i}" if i else "")
+        with contextlib.suppress(Exception):
+            docker_client.containers.get(name).remove(force=True)
     wait_for("no replica UP", lambda: "UP" not in set(replica_states(settings).values()))
     from tfdeploy.hooks.tfserving import TFServingHook
 

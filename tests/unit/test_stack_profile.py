@@ -36,6 +36,7 @@ SETTINGS_VARS = (
     "REGISTRY_DB_URL",
     "DOCKER_HOST",
     "SERVING_IMAGE",
+    "SERVING_STABLE_REPLICAS",
 )
 
 
@@ -158,7 +159,7 @@ def test_serving_connections_parse_with_the_profile_ports(clean_env, tmp_path):
     tfs = conns["tfserving_local"]
     # the pipeline drives the replica itself (reload, status); clients go through the router on 18500/18501
     assert (tfs.conn_type, tfs.host, tfs.port) == ("tfserving", "127.0.0.1", 18511)
-    assert tfs.extra_dejson == {"grpc_port": 18510}
+    assert tfs.extra_dejson == {"grpc_port": 18510, "replicas": 2}  # replica i on the ports + 2i
     host = conns["serving_host_local"]
     assert (host.conn_type, host.host) == ("tfdeploy_serving_host", "unix:///var/run/docker.sock")
     assert host.extra_dejson == {"tls_verify": False}
@@ -215,8 +216,15 @@ def test_the_router_config_is_valid_haproxy_and_binds_loopback_only(clean_env, t
     ports = (s.serving_rest_port, s.serving_grpc_port, s.canary_grpc_port, s.router_stats_port)
     assert binds == [f"127.0.0.1:{p}" for p in ports]
     servers = [line.split()[2] for line in text.splitlines() if line.strip().startswith("server ")]
-    replicas = (s.replica_rest_port, s.replica_grpc_port, s.canary_replica_rest_port, s.canary_replica_grpc_port)
-    assert servers == [f"127.0.0.1:{p}" for p in replicas]
+    replicas = (
+        s.replica_rest_port,
+        s.replica_rest_port + 2,
+        s.replica_grpc_port,
+        s.replica_grpc_port + 2,
+        s.canary_replica_rest_port,
+        s.canary_replica_grpc_port,
+    )
+    assert s.stable_replicas == 2 and servers == [f"127.0.0.1:{p}" for p in replicas]
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(text)

@@ -77,6 +77,50 @@ class RouterHook(BaseHook):
             ) from exc
         return b"".join(chunks).decode(errors="replace")
 
+    # ------------------------------------------------------------------ servers
+
+    def server_stats(self, backend: str) -> dict[str, dict[str, str]]:
+        """``show stat`` of one backend: server name -> its columns (``status``, ``scur``, ``qcur``, ``weight``)."""
+        lines = self.command("show stat").splitlines()
+        if not lines or not lines[0].startswith("# "):
+            raise RouterError(f"the router answered `show stat` with {lines[:1]!r}")
+        columns = lines[0][2:].split(",")
+        rows = [dict(zip(columns, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {row["svname"]: row for row in rows if row["pxname"] == backend and row["svname"] != "BACKEND"}
+
+    def set_state(self, backend: str, server: str, state: str) -> None:
+        """``ready`` (takes traffic), ``drain`` (no new requests; those in flight finish) or ``maint``."""
+        if state not in ("ready", "drain", "maint"):
+            raise ValueError(f"server state must be ready, drain or maint, got {state!r}")
+        self._checked(f"set server {backend}/{server} state {state}")
+
+    def drain(self, backends: tuple[str, ...], server: str, *, timeout_s: float = 30.0) -> None:
+        """Drain ``server`` in ``backends`` and wait until no request of it is in flight or queued.
+
+        Raises :class:`RouterError` (after putting the server back to ready) if that takes over ``timeout_s``.
+        """
+        import time
+
+        for backend in backends:
+            self.set_state(backend, server, "drain")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            busy = {
+                backend: int(row.get("scur") or 0) + int(row.get("qcur") or 0)
+                for backend in backends
+                if (row := self.server_stats(backend).get(server)) is not None
+            }
+            if not any(busy.values()):
+                return
+            if time.monotonic() >= deadline:
+                for backend in backends:
+                    self.set_state(backend, server, "ready")
+                raise RouterError(
+                    f"draining {server} did not finish within {timeout_s:g}s (requests in flight: {busy}); it is "
+                    "back in rotation and nothing was changed on it"
+                )
+            time.sleep(0.05)
+
     # ------------------------------------------------------------------ candidates
 
     def candidates(self) -> dict[str, str]:

@@ -101,6 +101,23 @@ class TFServingHook(BaseHook):
         _host, rest_port, grpc_port = self._address
         return grpc_port, rest_port
 
+    def replicas(self) -> list[TFServingHook]:
+        """One hook per replica of the pool this Connection names (``extra.replicas``, default 1): replica i
+        listens on the Connection's ports + 2i. The first is this hook."""
+        if not self.tfserving_conn_id:
+            return [self]
+        count = int(self.get_connection(self.tfserving_conn_id).extra_dejson.get("replicas", 1))
+        host, rest_port, grpc_port = self._address
+        return [self] + [
+            TFServingHook(
+                None,
+                grpc_target=f"{host}:{grpc_port + 2 * i}",
+                rest_url=f"http://{host}:{rest_port + 2 * i}",
+                timeout=self.timeout,
+            )
+            for i in range(1, count)
+        ]
+
     # ------------------------------------------------------------------ clients, built lazily
 
     @cached_property

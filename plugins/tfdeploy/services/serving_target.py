@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from tfdeploy.core.models_config import ServedModel, build_model_config
+from tfdeploy.hooks.router import RouterHook
 from tfdeploy.hooks.serving_host import ServingHostHook
 from tfdeploy.hooks.tfserving import TFServingHook
 from tfdeploy.services.targets import ServingTarget
@@ -84,9 +86,13 @@ class ServingTargetService:
 
     :param target: the target (its Connections, image, container name and model directory).
     :param host: the serving host's hook (default: from ``target.serving_host_conn_id``).
-    :param serving: the TF Serving hook (default: from ``target.tfserving_conn_id``).
+    :param serving: the TF Serving hook of the pool's first replica (default: from ``target.tfserving_conn_id``,
+        whose ``extra.replicas`` says how many replicas the pool has).
+    :param router: the router's hook (default: from ``target.router_conn_id``), used to drain a replica
+        while it changes when the pool has more than one.
     :param poll_seconds: the server's file-system poll (``--file_system_poll_wait_seconds``).
     :param available_timeout_s: how long a version may take to become AVAILABLE (or unload).
+    :param drain_timeout_s: how long a replica's in-flight requests may take to finish when it is drained.
     """
 
     def __init__(
@@ -95,14 +101,27 @@ class ServingTargetService:
         *,
         host: ServingHostHook | None = None,
         serving: TFServingHook | None = None,
+        router: RouterHook | None = None,
         poll_seconds: int = 1,
         available_timeout_s: float = 300,
+        drain_timeout_s: float = 30,
     ) -> None:
         self.target = target
         self.host = host or ServingHostHook(target.serving_host_conn_id, model_root=target.model_root)
         self.serving = serving or TFServingHook(target.tfserving_conn_id)
+        self._router = router
         self.poll_seconds = poll_seconds
         self.available_timeout_s = available_timeout_s
+        self.drain_timeout_s = drain_timeout_s
+
+    @cached_property
+    def replicas(self) -> list[TFServingHook]:
+        """One TF Serving hook per replica of the pool (the first is ``serving``)."""
+        return self.serving.replicas()
+
+    @cached_property
+    def router(self) -> RouterHook:
+        return self._router or RouterHook(self.target.router_conn_id)
 
     @property
     def name(self) -> str:
@@ -155,8 +174,7 @@ class ServingTargetService:
             current = before
             try:
                 for config, step in zip(configs, steps, strict=True):
-                    created = self._apply(config, serves_models=bool(config.model_config_list.config)) or created
-                    self._verify(model, current, step)
+                    created = self._apply(config, model, current, step) or created
                     current = step
             except BaseException:
                 self._restore(models, model, before)
@@ -181,38 +199,62 @@ class ServingTargetService:
 
     # ------------------------------------------------------------------ internals
 
-    def _apply(self, config: ModelServerConfig, *, serves_models: bool) -> bool:
-        """Write the config once, then reload the running server once, or create it. True if created."""
+    def _apply(
+        self, config: ModelServerConfig, model: str, before: ServedModel | None, after: ServedModel | None
+    ) -> bool:
+        """Write the config once, then each replica in turn: drain it (when the pool has others to carry the
+        traffic), reload it once or create its container, verify it, put it back in rotation. True if a
+        container was created."""
         self.host.write_config(config)
-        if not serves_models:  # nothing left to serve: unload everything, but start no server for nothing
-            if self.serving.is_ready():
-                self.serving.reload(config)
-            return False
-        grpc_port, rest_port = self.serving.ports
-        info = self.host.ensure_server(
-            name=self.target.container_name,
-            image=self.target.image,
-            grpc_port=grpc_port,
-            rest_port=rest_port,
-            poll_seconds=self.poll_seconds,
-        )
-        if not info.created:  # a new server read the file at start; a running one takes it by reload
-            self.serving.reload(config)
-        return info.created
+        serves_models = bool(config.model_config_list.config)
+        rolling = len(self.replicas) > 1
+        grpc_port, rest_port = self.serving.ports if serves_models else (0, 0)
+        created_any = False
+        for index, serving in enumerate(self.replicas):
+            if not serves_models:  # nothing left to serve: unload everything, but start no server for nothing
+                if serving.is_ready():
+                    serving.reload(config)
+                    self._verify(serving, model, before, after)
+                continue
+            info = self.host.ensure_server(
+                name=self.target.container(index),
+                image=self.target.image,
+                grpc_port=grpc_port + 2 * index,
+                rest_port=rest_port + 2 * index,
+                poll_seconds=self.poll_seconds,
+            )
+            created_any = created_any or info.created
+            if info.created:  # a new server read the file at start
+                self._verify(serving, model, before, after)
+                continue
+            server = self.target.router_server(index)
+            if rolling:
+                self.router.drain(self.target.router_backends, server, timeout_s=self.drain_timeout_s)
+            try:
+                serving.reload(config)
+                self._verify(serving, model, before, after)
+            finally:
+                if rolling:
+                    for backend in self.target.router_backends:
+                        self.router.set_state(backend, server, "ready")
+        return created_any
 
-    def _verify(self, model: str, before: ServedModel | None, after: ServedModel | None) -> None:
+    def _verify(
+        self, serving: TFServingHook, model: str, before: ServedModel | None, after: ServedModel | None
+    ) -> None:
         for version in after.versions if after else ():
-            self.serving.wait_until_available(model, version, deadline_s=self.available_timeout_s, poll_interval_s=0.1)
+            serving.wait_until_available(model, version, deadline_s=self.available_timeout_s, poll_interval_s=0.1)
         for version in sorted(set(before.versions if before else ()) - set(after.versions if after else ())):
-            self.serving.wait_until_unloaded(model, version, deadline_s=self.available_timeout_s, poll_interval_s=0.1)
+            serving.wait_until_unloaded(model, version, deadline_s=self.available_timeout_s, poll_interval_s=0.1)
 
     def _restore(self, models: list[ServedModel], model: str, before: ServedModel | None) -> None:
         """Best effort after a failed change: the previous config back on disk and on the server."""
         try:
             config = build_model_config(models)
             self.host.write_config(config)
-            if self.serving.is_ready():
-                self.serving.reload(config)
+            for serving in self.replicas:
+                if serving.is_ready():
+                    serving.reload(config)
             log.warning("%s on %s: change failed; previous config restored (%s)", model, self.name, _describe(before))
         except Exception as exc:  # noqa: BLE001 - the original error matters more; say what is left
             log.error(

@@ -32,6 +32,26 @@ class ServingTarget:
     router_conn_id: str
     pool: str = "stable"
 
+    def container(self, replica: int) -> str:
+        """The container of replica ``replica`` (the first keeps the pool's name)."""
+        return self.container_name if replica == 0 else f"{self.container_name}-{replica}"
+
+    @property
+    def router_backends(self) -> tuple[str, str]:
+        """The router's (REST, gRPC) backends of this pool (include/scripts/stack.py router_config)."""
+        return (
+            (f"{self.name}_rest", f"{self.name}_grpc")
+            if self.pool == "stable"
+            else (
+                f"{self.name}_{self.pool}_rest",
+                f"{self.name}_{self.pool}_grpc",
+            )
+        )
+
+    def router_server(self, replica: int) -> str:
+        """The router's name for replica ``replica`` in both backends."""
+        return f"{'replica' if self.pool == 'stable' else self.pool}{replica + 1}"
+
 
 def get_target(name: str, image: str | None = None, *, pool: str = "stable") -> ServingTarget:
     """The ``pool`` of the configured target ``name``, serving ``image`` (empty: ``SERVING_IMAGE``)."""

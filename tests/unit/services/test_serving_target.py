@@ -78,6 +78,9 @@ class CountingServing:
     def is_ready(self) -> bool:
         return self.host.running
 
+    def replicas(self) -> list[CountingServing]:
+        return [self]
+
     def reload(self, config) -> None:
         self.reloads += 1
         if self.fail_reload is not None:
@@ -201,3 +204,65 @@ def test_staging_checks_the_shared_disk_once_and_pins_the_manifest(target):
     assert service.stage(Store(), "m", 3, manifest_sha256="abc") == "/models/m"  # type: ignore[arg-type]
     assert host.shared_disk_checks == 1
     assert calls == [("m", 3, Path("/srv/models/m"), {"expected_manifest_sha256": "abc", "durable": True})]
+
+
+@dataclass
+class Replica(CountingServing):
+    """One replica of a pool: its own served config and reloads; the host's 'disk' is shared."""
+
+    name: str = "r0"
+    log: list = field(default_factory=list)
+
+    def reload(self, config) -> None:
+        self.log.append(("reload", self.name))
+        super().reload(config)
+
+
+@dataclass
+class FakeRouter:
+    log: list
+    busy: dict = field(default_factory=dict)
+
+    def drain(self, backends, server, *, timeout_s):
+        self.log.append(("drain", server, tuple(backends)))
+
+    def set_state(self, backend, server, state):
+        self.log.append(("state", server, backend, state))
+
+
+def test_a_pool_of_replicas_is_changed_one_replica_at_a_time_from_one_write(target):
+    host = CountingHost(on_disk=[entry([1], stable=1)], running=True)
+    log: list = []
+    first = Replica(host=host, served=[entry([1], stable=1)], name="r0", log=log)
+    second = Replica(host=host, served=[entry([1], stable=1)], name="r1", log=log)
+    first.replicas = lambda: [first, second]  # type: ignore[method-assign]
+    router = FakeRouter(log)
+    service = ServingTargetService(target, host=host, serving=first, router=router)  # type: ignore[arg-type]
+    service.change("m", lambda e: entry([1], stable=1, canary=1))
+    assert (host.reads, host.writes) == (1, 1)
+    assert first.served == second.served == host.on_disk == [entry([1], stable=1, canary=1)]
+    backends = ("local_rest", "local_grpc")
+    assert log == [
+        ("drain", "replica1", backends),
+        ("reload", "r0"),
+        ("state", "replica1", "local_rest", "ready"),
+        ("state", "replica1", "local_grpc", "ready"),
+        ("drain", "replica2", backends),
+        ("reload", "r1"),
+        ("state", "replica2", "local_rest", "ready"),
+        ("state", "replica2", "local_grpc", "ready"),
+    ]
+
+
+def test_a_replica_that_fails_goes_back_in_rotation_and_every_replica_gets_the_old_config(target):
+    before = [entry([1], stable=1)]
+    host = CountingHost(on_disk=list(before), running=True)
+    log: list = []
+    first = Replica(host=host, served=list(before), name="r0", log=log)
+    second = Replica(host=host, served=list(before), name="r1", log=log, never_available={2})
+    first.replicas = lambda: [first, second]  # type: ignore[method-assign]
+    service = ServingTargetService(target, host=host, serving=first, router=FakeRouter(log))  # type: ignore[arg-type]
+    with pytest.raises(VersionNotAvailable):
+        service.change("m", lambda _e: entry([1, 2], stable=1))
+    assert ("state", "replica2", "local_grpc", "ready") in log  # never left drained
+    assert host.on_disk == first.served == second.served == before
