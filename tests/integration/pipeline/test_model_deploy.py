@@ -135,10 +135,27 @@ def test_first_deploy(deploy, registry, model, examples):
     assert all(e["interface"] == "rest_api" and e["dagId"] == DAG for e in history)
 
 
+def answered_by(answers: list, old: float, new: float) -> list:
+    """Which version answered each call, by its output: 'old', 'new', or the unexpected value itself."""
+    return ["old" if abs(a - old) < 1e-6 else "new" if abs(a - new) < 1e-6 else a for a in answers]
+
+
 def test_second_deploy_promotes_and_keeps_the_first_loaded(deploy, registry, model, examples):
     before = container_id()
-    final, states = deploy(examples["better"])
+    old = predict(model, examples["better"])[0]  # v1 (good) answering better's first golden input
+    hammer = Hammer(model, examples["better"])  # unversioned calls through the router during the release
+    hammer.start()
+    try:
+        final, states = deploy(examples["better"])
+    finally:
+        hammer.stop.set()
+        hammer.join(timeout=30)
     assert final["state"] == "success", states
+    new = predict(model, examples["better"])[0]
+    # promoted replica by replica, each drained first: no call failed, and each was answered by v1 or v2
+    # (while the replicas are being rolled, both answer)
+    seen = answered_by(hammer.answers, old, new)
+    assert hammer.failures == [] and len(seen) > 100 and set(seen) <= {"old", "new"}, (hammer.failures, set(seen))
     assert versions_state(registry, model) == {2: "production", 1: "superseded"}
     assert served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}  # previous stable kept for a fast rollback
     assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
@@ -293,8 +310,15 @@ def test_manual_rollback_to_an_earlier_version(airflow, registry, model, example
     current = registry(f"/models/{model}")["version"]
     airflow.wait_for_dag("model_rollback")
     airflow.unpause("model_rollback")
-    run = airflow.trigger("model_rollback", conf={"model_name": model, "version": 2, "reason": "p99 regression"})
-    final = airflow.wait_for_run("model_rollback", run["dag_run_id"], timeout=600)
+    hammer = Hammer(model, examples["better"])
+    hammer.start()
+    try:
+        run = airflow.trigger("model_rollback", conf={"model_name": model, "version": 2, "reason": "p99 regression"})
+        final = airflow.wait_for_run("model_rollback", run["dag_run_id"], timeout=600)
+    finally:
+        hammer.stop.set()
+        hammer.join(timeout=30)
+    assert hammer.failures == [] and len(hammer.answers) > 50  # rolled back under load: no call failed
     states = {ti["task_id"]: ti["state"] for ti in airflow.task_instances("model_rollback", run["dag_run_id"])}
     assert final["state"] == "success", states
     assert registry(f"/models/{model}")["version"] == 2

@@ -1,0 +1,238 @@
+"""Benchmark: the router under constant load while the stable pool changes.
+
+Unversioned REST predicts go through the router at about RATE requests/s (a bounded loop on 127.0.0.1)
+while (a) model_deploy promotes v1 -> v2 across the stable pool's replicas, (b) model_rollback puts v1 back,
+(c) one stable replica is killed (`docker kill`). Per phase: requests sent, failed (not 200, or answered by
+neither version), p50/p99 latency, and which version answered. For (b), the time from the rollback's trigger
+to the last call answered by v2. The router's own cost: p50 of the same predict through the router against
+straight to a replica, in this script. v1 and v2 are the example model's `good` and `better` variants, told
+apart by their outputs.
+
+Runs on the stack `TFDEPLOY_STACK` names, by default the test stack (`TFDEPLOY_STACK=test
+.venv/bin/python include/scripts/stack.py up` first). Results: bench/results/router.{json,md}.
+Run: .venv/bin/python bench/router.py [--rate 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
+os.environ.setdefault("TFDEPLOY_STACK", "test")  # before settings are read: never litter the user's registry
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+
+import stack  # noqa: E402
+from tfdeploy.settings import get_settings  # noqa: E402
+
+for _k, _v in stack.airflow_env(get_settings()).items():
+    os.environ.setdefault(_k, _v)
+
+from tfdeploy.airflow_client import AirflowClient  # noqa: E402
+
+MAX_SECONDS = 600  # every load loop stops by itself
+
+
+class Load:
+    """Unversioned predicts at `rate`/s over `workers` threads; records (start, status, ms, answer)."""
+
+    def __init__(self, url: str, body: dict, rate: float, workers: int = 4) -> None:
+        self.url, self.body, self.rate, self.workers = url, body, rate, workers
+        self.records: list[tuple[float, int, float, float | None]] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _run(self) -> None:
+        interval = self.workers / self.rate
+        deadline = time.monotonic() + MAX_SECONDS
+        with requests.Session() as session:
+            session.trust_env = False
+            next_at = time.monotonic()
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                t0 = time.monotonic()
+                answer = None
+                try:
+                    resp = session.post(self.url, json=self.body, timeout=10)
+                    status = resp.status_code
+                    if status == 200:
+                        answer = float(resp.json()["predictions"][0][0])
+                except requests.RequestException:
+                    status = 0
+                with self.lock:
+                    self.records.append((t0, status, (time.monotonic() - t0) * 1e3, answer))
+                next_at += interval
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+def summarize(records: list, versions: dict[str, float]) -> dict:
+    def which(answer: float | None) -> str:
+        if answer is None:
+            return "none"
+        return next((name for name, value in versions.items() if abs(answer - value) < 1e-6), "unknown")
+
+    answered = [which(r[3]) for r in records]
+    latencies = [r[2] for r in records if r[1] == 200]
+    failed = [r for r, w in zip(records, answered, strict=True) if r[1] != 200 or w == "unknown"]
+    return {
+        "sent": len(records),
+        "failed": len(failed),
+        "answered_by": {name: answered.count(name) for name in (*versions, "unknown", "none") if name in answered},
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else None,
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=200.0)
+    args = parser.parse_args()
+    s = get_settings()
+    client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password)
+    for dag in ("model_deploy", "model_rollback"):
+        client.wait_for_dag(dag)
+        client.unpause(dag)
+    model = f"bench_router_{uuid.uuid4().hex[:6]}"
+    results: dict = {
+        "machine": {"cpus": os.cpu_count()},
+        "stack": s.stack,
+        "rate": args.rate,
+        "stable_replicas": s.stable_replicas,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
+        examples = {}
+        for variant in ("good", "better"):
+            out = Path(tmp) / variant
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "include" / "example_model" / "build.py"),
+                    "--out",
+                    str(out),
+                    "--variant",
+                    variant,
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            examples[variant] = out
+
+        def deploy(variant: str) -> str:
+            conf = {
+                "model_name": model,
+                "source": str(examples[variant] / "saved_model"),
+                "golden_path": str(examples[variant] / "golden.json"),
+            }
+            run = client.trigger("model_deploy", conf=conf)
+            return client.wait_for_run("model_deploy", run["dag_run_id"], timeout=900)["state"]
+
+        golden = json.loads((examples["better"] / "golden.json").read_text())
+        body = {"instances": golden["inputs"][:1]}
+        url = f"http://127.0.0.1:{s.serving_rest_port}/v1/models/{model}:predict"
+        assert deploy("good") == "success", "deploying v1 failed"
+        v1 = float(requests.post(url, json=body, timeout=10).json()["predictions"][0][0])
+
+        # router overhead: the same predict through the router and straight to a replica, one at a time
+        direct = f"http://127.0.0.1:{s.replica_rest_port}/v1/models/{model}:predict"
+        overhead = {}
+        with requests.Session() as session:
+            session.trust_env = False
+            for name, target in (("router", url), ("direct", direct)):
+                samples = []
+                for _ in range(500):
+                    t0 = time.perf_counter()
+                    session.post(target, json=body, timeout=10).raise_for_status()
+                    samples.append((time.perf_counter() - t0) * 1e3)
+                overhead[f"{name}_p50_ms"] = round(float(np.percentile(samples, 50)), 3)
+        overhead["router_overhead_p50_ms"] = round(overhead["router_p50_ms"] - overhead["direct_p50_ms"], 3)
+        results["router_overhead"] = overhead
+
+        with Load(url, body, args.rate) as load:  # (a) promote v1 -> v2
+            time.sleep(2)
+            state = deploy("better")
+            time.sleep(2)
+        v2 = float(requests.post(url, json=body, timeout=10).json()["predictions"][0][0])
+        results["promote"] = {"run": state, **summarize(load.records, {"v1": v1, "v2": v2})}
+
+        with Load(url, body, args.rate) as load:  # (b) roll back v2 -> v1
+            time.sleep(2)
+            decided = time.monotonic()
+            run = client.trigger("model_rollback", conf={"model_name": model, "version": 1, "reason": "bench"})
+            state = client.wait_for_run("model_rollback", run["dag_run_id"], timeout=900)["state"]
+            time.sleep(2)
+        last_v2 = max((r[0] for r in load.records if r[3] is not None and abs(r[3] - v2) < 1e-6), default=decided)
+        results["rollback"] = {
+            "run": state,
+            **summarize(load.records, {"v1": v1, "v2": v2}),
+            "decision_to_all_on_v1_s": round(max(0.0, last_v2 - decided), 2),
+        }
+
+        import docker
+
+        engine = docker.DockerClient(base_url=s.docker_host)
+        with Load(url, body, args.rate) as load:  # (c) one stable replica killed
+            time.sleep(2)
+            killed_at = time.monotonic()
+            engine.containers.get(f"{s.serving_container_prefix}-local").kill()
+            time.sleep(6)
+        after = [r for r in load.records if r[0] > killed_at + 3]
+        results["replica_killed"] = {
+            **summarize(load.records, {"v1": v1, "v2": v2}),
+            "failed_after_3s": sum(1 for r in after if r[1] != 200),
+        }
+        engine.containers.get(f"{s.serving_container_prefix}-local").start()  # the restart policy's job, by hand
+
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "router.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        f"# Router under load ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, stack {s.stack}, "
+        f"{s.stable_replicas} stable replicas, {args.rate:g} req/s)",
+        "",
+        "| phase | run | sent | failed | answered by | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for phase in ("promote", "rollback", "replica_killed"):
+        r = results[phase]
+        lines.append(
+            f"| {phase} | {r.get('run', '-')} | {r['sent']} | {r['failed']} | {r['answered_by']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} |"
+        )
+    lines += [
+        "",
+        f"- rollback: from the trigger to the last call answered by v2: "
+        f"{results['rollback']['decision_to_all_on_v1_s']} s (includes Airflow scheduling the run)",
+        f"- replica killed: {results['replica_killed']['failed']} failed in all, "
+        f"{results['replica_killed']['failed_after_3s']} more than 3 s after the kill",
+        f"- router overhead, p50: {overhead['router_p50_ms']} ms through the router vs {overhead['direct_p50_ms']} ms "
+        f"straight to a replica: +{overhead['router_overhead_p50_ms']} ms",
+    ]
+    (out / "router.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
