@@ -399,6 +399,21 @@ class RegistryHook(BaseHook):
         out = self._call("POST", self._path(model, "health"), body=body | {"context": dict(context)})
         return HealthRecord.from_json(out, details=details)
 
+    def record_serving_event(
+        self,
+        model: str,
+        kind: str,
+        *,
+        version: int | None = None,
+        reason: str = "",
+        details: dict[str, Any] | None = None,
+        context: Context,
+    ) -> None:
+        """Append a ``serving`` event (which replicas of which pool serve what) or a ``router`` event (a routing
+        change) to the model's history."""
+        body = {"kind": kind, "version": version, "reason": reason, "details": details or {}}
+        self._call("POST", self._path(model, "events"), body=body | {"context": dict(context)})
+
     def latest_health(self, model: str, *, limit: int = 1) -> list[HealthRecord]:
         """The newest health records first."""
         out = self._call("GET", self._path(model, "health"), params={"limit": limit})

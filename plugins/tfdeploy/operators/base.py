@@ -17,7 +17,7 @@ from tfdeploy.core.names import validate_model_name
 from tfdeploy.hooks.registry import RegistryHook
 from tfdeploy.hooks.router import RouterHook
 from tfdeploy.lineage import run_context
-from tfdeploy.services.serving_target import ServingTargetService
+from tfdeploy.services.serving_target import ConfigChange, ServingTargetService
 from tfdeploy.services.targets import get_target
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -120,6 +120,24 @@ class ServingStep(DeployStep):
     @cached_property
     def router(self) -> RouterHook:
         return RouterHook(get_target(self.serving_target).router_conn_id)
+
+    def record_serving(self, context: Any, pool: ServingTargetService, change: ConfigChange, reason: str) -> None:
+        """The registry's history: which replicas of ``pool`` serve what now, and why (if anything changed)."""
+        if change.phases:
+            self.registry.record_serving_event(
+                change.model, "serving", reason=reason, details=pool.describe(change), context=self.lineage(context)
+            )
+
+    def record_route(self, context: Any, model: str, version: int, pool: str, reason: str) -> None:
+        """The registry's history: calls naming ``model`` v``version`` now go to ``pool``, and why."""
+        self.registry.record_serving_event(
+            model,
+            "router",
+            version=version,
+            reason=reason,
+            details={"target": self.serving_target, "route": f"{model}/{version}", "pool": pool},
+            context=self.lineage(context),
+        )
 
     def _pool(self, pool: str) -> ServingTargetService:
         return ServingTargetService(

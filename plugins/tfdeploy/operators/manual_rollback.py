@@ -55,11 +55,12 @@ class ManualRollbackOperator(ServingStep):
         )
 
         # the version alone: the rolled-back one leaves the stable pool (it loads before the other unloads)
-        service.change(model, lambda _entry: ServedModel(model, base_path, (version,), {"stable": version}))
+        change = service.change(model, lambda _entry: ServedModel(model, base_path, (version,), {"stable": version}))
         if (answered := service.label_version(model, "stable")) != version:
             raise AirflowFailException(f"after the rollback, stable answers from v{answered}, not v{version}")
         lineage = self.lineage(context)
         reason = f"manual rollback to v{version}: {self.reason}"
+        self.record_serving(context, service, change, reason)
         if current is not None and current != version:
             self.registry.transition(model, current, ModelState.ROLLED_BACK, reason=reason, context=lineage)
         self.registry.transition(model, version, ModelState.PRODUCTION, reason=reason, context=lineage)

@@ -65,8 +65,13 @@ class PromoteOperator(ServingStep):
 
         change = service.change(model, promote)
         self.router.unroute_candidates(model)
-        self.canary.change(model, lambda _entry: None)
+        canary_change = self.canary.change(model, lambda _entry: None)
         lineage = self.lineage(context)
+        self.record_serving(context, service, change, f"v{version} promoted: stable, replica by replica")
+        self.record_route(
+            context, model, version, "stable", f"v{version} promoted: calls naming it go to the stable pool"
+        )
+        self.record_serving(context, self.canary, canary_change, f"v{version} promoted: the canary pool lets it go")
         if record.state != ModelState.PRODUCTION:
             self.registry.transition(
                 model, version, ModelState.PRODUCTION, reason=f"promoted on {service.name}", context=lineage

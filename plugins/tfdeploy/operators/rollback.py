@@ -66,10 +66,10 @@ class RollbackOperator(ServingStep):
             previous = production if production != version else None
         try:
             self.router.unroute_candidates(model)
-            canary.change(model, lambda _entry: None)
+            canary_change = canary.change(model, lambda _entry: None)
             canary.discard(model, version)
             if in_stable:
-                served = self._restore(model, version, previous)
+                served = self._restore(context, model, version, previous)
             else:  # the candidate never reached the stable pool: production was never touched
                 served = list(stable_entry.versions) if stable_entry else []
         except Exception as exc:
@@ -82,6 +82,8 @@ class RollbackOperator(ServingStep):
                 f"{model}/{version} from the router's candidates map, then mark the versions in the registry."
             ) from exc
         reason = f"{failed_step} failed"
+        self.record_route(context, model, version, "none", f"v{version} rolled back: no call reaches it")
+        self.record_serving(context, canary, canary_change, f"v{version} rolled back: unloaded from the canary pool")
         health = self.registry.latest_health(model, limit=1)
         if health and health[0].version == version and health[0].details.get("problems"):
             reason += ": " + "; ".join(health[0].details["problems"])
@@ -96,7 +98,7 @@ class RollbackOperator(ServingStep):
         self.log.warning(message)
         return {"model": model, "version": version, "restored": previous, "failed_step": failed_step, "served": served}
 
-    def _restore(self, model: str, version: int, previous: int | None) -> list[int]:
+    def _restore(self, context: Any, model: str, version: int, previous: int | None) -> list[int]:
         """One config change back to ``previous`` as stable (or nothing); checks ``stable`` answers from it.
 
         ``previous`` is staged again from the model store first if the config no longer serves it (a promote
@@ -118,6 +120,7 @@ class RollbackOperator(ServingStep):
             return ServedModel(name=model, base_path=base_path, versions=kept, labels={"stable": previous})
 
         change = service.change(model, restore)
+        self.record_serving(context, service, change, f"v{version} rolled back: the stable pool serves v{previous}")
         if previous is not None and (answered := service.label_version(model, "stable")) != previous:
             raise RuntimeError(f"after the rollback, stable answers from v{answered}, not v{previous}")
         service.discard(model, version)

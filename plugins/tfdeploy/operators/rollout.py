@@ -55,6 +55,8 @@ class RolloutOperator(ServingStep):
         self.router.unroute_candidates(model)  # a route left by a run whose rollback failed goes first
         self.router.route_candidate(model, version)
         lineage = self.lineage(context)
+        self.record_serving(context, canary, change, f"v{version} loaded in the canary pool as a candidate")
+        self.record_route(context, model, version, "canary", "/versions and /labels/canary calls go to the candidate")
         if record.state != ModelState.CANARY:
             self.registry.transition(
                 model, version, ModelState.CANARY, reason=f"serving in {canary.name}'s canary pool", context=lineage

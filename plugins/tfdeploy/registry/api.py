@@ -93,6 +93,14 @@ class HealthIn(_Body):
     context: Context = Context()
 
 
+class ServingEventIn(_Body):
+    kind: str = Field(description="serving (which replicas of which pool serve what) or router (a routing change)")
+    version: int | None = Field(None, ge=0)
+    reason: str = ""
+    details: dict[str, Any] = {}
+    context: Context = Context()
+
+
 class LockIn(_Body):
     holder: str
     run_id: str = ""
@@ -346,6 +354,12 @@ def create_app(config: RegistryConfig | None = None) -> FastAPI:
     def record_health(name: str, body: HealthIn, service: Svc, who: Writer) -> dict:
         return service.record_health(
             name, body.version, body.target, body.status, _actor(body.context, who), body.details
+        )
+
+    @v1.post("/models/{name}/events", status_code=201, summary="Record a serving or router change in the history")
+    def record_serving_event(name: str, body: ServingEventIn, service: Svc, who: Writer) -> dict:
+        return service.record_serving_event(
+            name, body.kind, _actor(body.context, who), version=body.version, reason=body.reason, details=body.details
         )
 
     @v1.put("/models/{name}/deployments/{target}/{label}", summary="Point a label on a serving target at a version")

@@ -23,6 +23,7 @@ from . import db
 
 INTERFACES = frozenset({"schedule", "ui", "rest_api", "cli", "asset", "backfill", "pipeline", "unknown"})
 HEALTH = frozenset({"healthy", "degraded", "unhealthy", "unknown"})
+SERVING_EVENTS = frozenset({"serving", "router"})
 
 
 @dataclass(frozen=True)
@@ -510,6 +511,20 @@ class RegistryService:
                 reason=reason,
                 details={"target": target, "label": label, "removed": True},
             )
+
+    def record_serving_event(
+        self, name: str, kind: str, ctx: Actor, *, version: int | None, reason: str, details: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Append a ``serving`` (which replicas of which pool serve what) or ``router`` (a routing change)
+        event to the model's history."""
+        if kind not in SERVING_EVENTS:
+            raise InvalidRequest(f"unknown event kind {kind!r}; use one of {', '.join(sorted(SERVING_EVENTS))}")
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            if version is not None:
+                self._version(session, model, version)
+            self._event(session, ctx, name, kind, version=version, reason=reason, details=details)
+            return {"modelName": name, "kind": kind, "version": version, "reason": reason, "details": details}
 
     def record_health(
         self, name: str, version: int, target: str, status: str, ctx: Actor, details: dict | None = None

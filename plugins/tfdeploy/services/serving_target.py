@@ -193,6 +193,19 @@ class ServingTargetService:
         )
         return change
 
+    def describe(self, change: ConfigChange) -> dict[str, object]:
+        """Which replicas of which pool serve what after ``change``: the registry's ``serving`` event."""
+        after = change.after
+        return {
+            "target": self.name,
+            "pool": self.target.pool,
+            "replicas": [self.target.container(i) for i in range(len(self.replicas))],
+            "versions": list(after.versions) if after else [],
+            "labels": dict(after.labels) if after else {},
+            "unloaded": change.dropped,
+            "reloads": change.phases,
+        }
+
     def label_version(self, model: str, label: str) -> int:
         """The version that ``/labels/<label>`` of ``model`` answers from (asks the server)."""
         return int(self.serving.metadata(model, label=label)["model_spec"]["version"])

@@ -160,6 +160,14 @@ def test_second_deploy_promotes_and_keeps_the_first_loaded(deploy, registry, mod
     assert served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}  # previous stable kept for a fast rollback
     assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
     assert container_id() == before  # changed by a gRPC reload: no restart, no downtime
+    # the history says which replicas serve what, and every routing change, with who and why
+    serving = registry(f"/models/{model}/history", kind="serving", limit=20)["events"]
+    stable = next(e for e in serving if e["details"]["pool"] == "stable")
+    replicas = [CONTAINER] + [f"{CONTAINER}-{i}" for i in range(1, SETTINGS.stable_replicas)]
+    assert stable["details"]["replicas"] == replicas and stable["details"]["labels"] == {"stable": 2}
+    assert stable["dagId"] == DAG and stable["reason"].startswith("v2 promoted")
+    routes = registry(f"/models/{model}/history", kind="router", limit=20)["events"]
+    assert [(e["version"], e["details"]["pool"]) for e in routes[:2]] == [(2, "stable"), (2, "canary")]
 
 
 def test_a_restarted_replica_comes_back_with_its_versions_and_labels(model, examples):

@@ -268,6 +268,25 @@ def test_health_round_trip(hook: RegistryHook) -> None:
     assert hook.get_model(model).health == "healthy"
 
 
+def test_serving_and_router_events_go_into_the_history(hook: RegistryHook, registry_port: int) -> None:
+    model = "rt-events"
+    register(hook, model)
+    replicas = {"pool": "stable", "replicas": ["tfserving-local", "tfserving-local-1"], "versions": [1]}
+    hook.record_serving_event(model, "serving", reason="v1 promoted", details=replicas, context=LINEAGE)
+    hook.record_serving_event(model, "router", version=1, reason="routed", details={"pool": "canary"}, context=LINEAGE)
+    with pytest.raises(InvalidRequest, match="unknown event kind 'gossip'"):
+        hook.record_serving_event(model, "gossip", context=LINEAGE)
+    with pytest.raises(NotFound):
+        hook.record_serving_event(model, "router", version=9, context=LINEAGE)
+    resp = requests.get(
+        f"http://127.0.0.1:{registry_port}/registry/v1/models/{model}/history",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    events = [(e["kind"], e["version"], e["reason"], e["details"]) for e in resp.json()["events"]][:2]
+    assert events == [("router", 1, "routed", {"pool": "canary"}), ("serving", None, "v1 promoted", replicas)]
+
+
 def test_lock_lease_round_trip(hook: RegistryHook) -> None:
     model = "rt-lock"
     lease = hook.acquire_lock(model, holder="deploy/run-1", run_id="run-1", ttl_seconds=60, context=LINEAGE)

@@ -171,6 +171,7 @@ class FakeRegistry:
     makes that method raise."""
 
     def __init__(self) -> None:
+        self.events: list[tuple[str, str, int | None, str, dict]] = []
         self.versions: dict[tuple[str, int], VersionRecord] = {}
         self.models: set[str] = set()
         self.locks: dict[str, dict[str, Any]] = {}
@@ -381,6 +382,20 @@ class FakeRegistry:
         self._write("record_health", model, version=version, target=target, status=status, context=dict(context))
         return record
 
+    def record_serving_event(
+        self,
+        model: str,
+        kind: str,
+        *,
+        version: int | None = None,
+        reason: str = "",
+        details: dict | None = None,
+        context: Any,
+    ) -> None:
+        """History-only appends (serving and router changes), kept apart from ``writes`` in ``events``."""
+        self._check("record_serving_event")
+        self.events.append((kind, model, version, reason, dict(details or {})))
+
     def latest_health(self, model: str, *, limit: int = 1) -> list[HealthRecord]:
         self._check("latest_health")
         return [r for m, r in reversed(self.health) if m == model][:limit]
@@ -563,6 +578,15 @@ class FakeService:
             self.staged.discard((model, version))
         self.changes.append(change)
         return change
+
+    def describe(self, change: ConfigChange) -> dict[str, Any]:
+        after = change.after
+        return {
+            "target": self.name,
+            "replicas": [self.target.container_name],
+            "versions": list(after.versions) if after else [],
+            "labels": dict(after.labels) if after else {},
+        }
 
     def label_version(self, model: str, label: str) -> int:
         self.calls["label_version"] += 1

@@ -273,3 +273,16 @@ def test_a_route_left_by_an_earlier_run_goes_before_the_new_one(
     router.routes[f"{MODEL}/7"] = "canary"  # a run whose rollback failed left its candidate routed
     rollout(registry, service, canary, router).execute(context())
     assert router.routes == {f"{MODEL}/2": "canary"}
+
+
+def test_the_history_says_which_replicas_serve_the_candidate_and_where_calls_naming_it_go(
+    registry: FakeRegistry, service: FakeService, canary: FakeService, router: FakeRouter, fake_store: FakeModelStore
+) -> None:
+    with_stable(registry, service)
+    rollout(registry, service, canary, router).execute(context())
+    kinds = [(kind, version) for kind, _model, version, _reason, _details in registry.events]
+    assert kinds == [("serving", None), ("router", 2)]
+    serving, route = registry.events[0][4], registry.events[1][4]
+    assert serving["replicas"] == ["tfserving-local-canary"] and serving["versions"] == [2]
+    assert serving["labels"] == {"canary": 2}
+    assert route == {"target": TARGET, "route": f"{MODEL}/2", "pool": "canary"}

@@ -266,3 +266,25 @@ def test_a_replica_that_fails_goes_back_in_rotation_and_every_replica_gets_the_o
         service.change("m", lambda _e: entry([1, 2], stable=1))
     assert ("state", "replica2", "local_grpc", "ready") in log  # never left drained
     assert host.on_disk == first.served == second.served == before
+
+
+def test_a_drain_that_times_out_restores_the_previous_config_everywhere(target):
+    from tfdeploy.core.errors import RouterError
+
+    before = [entry([1], stable=1)]
+    host = CountingHost(on_disk=list(before), running=True)
+    log: list = []
+    first = Replica(host=host, served=list(before), name="r0", log=log)
+    second = Replica(host=host, served=list(before), name="r1", log=log)
+    first.replicas = lambda: [first, second]  # type: ignore[method-assign]
+
+    class StuckRouter(FakeRouter):
+        def drain(self, backends, server, *, timeout_s):
+            if server == "replica2":
+                raise RouterError("draining replica2 did not finish within 30s; it is back in rotation")
+            super().drain(backends, server, timeout_s=timeout_s)
+
+    service = ServingTargetService(target, host=host, serving=first, router=StuckRouter(log))  # type: ignore[arg-type]
+    with pytest.raises(RouterError, match="did not finish"):
+        service.change("m", lambda e: entry([1], stable=1, canary=1))
+    assert host.on_disk == first.served == second.served == before  # the first replica's change undone too
