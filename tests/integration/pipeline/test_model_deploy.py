@@ -99,8 +99,8 @@ def versions_state(registry, model: str) -> dict[int, str]:
     return {v["version"]: v["state"] for v in registry(f"/models/{model}/versions")["versions"]}
 
 
-def served(model: str) -> dict[int, str]:
-    body = requests.get(f"{REST}/v1/models/{model}", timeout=10).json()
+def served(model: str, base: str = REST) -> dict[int, str]:
+    body = requests.get(f"{base}/v1/models/{model}", timeout=10).json()
     return {int(v["version"]): v["state"] for v in body.get("model_version_status", [])}
 
 
@@ -175,15 +175,18 @@ def test_a_restarted_replica_comes_back_with_its_versions_and_labels(model, exam
     # because TF Serving assigns labels before it loads versions at start-up (ServerCore::ReloadConfig)
     container = docker.DockerClient(base_url=SETTINGS.docker_host).containers.get(CONTAINER)
     container.restart(timeout=10)
+    replica = f"http://127.0.0.1:{SETTINGS.replica_rest_port}"  # the restarted replica itself, not the router
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}:
+            if served(model, replica) == {2: "AVAILABLE", 1: "AVAILABLE"}:
                 break
         except (requests.RequestException, ValueError):
             pass
         time.sleep(0.5)
-    assert served(model) == {2: "AVAILABLE", 1: "AVAILABLE"}
+    assert served(model, replica) == {2: "AVAILABLE", 1: "AVAILABLE"}
+    meta = requests.get(f"{replica}/v1/models/{model}/labels/stable/metadata", timeout=10).json()
+    assert meta["model_spec"]["version"] == "2"  # its label came back with it
     assert predict(model, examples["better"], "/labels/stable") == pytest.approx(expected(examples["better"]), abs=0.01)
 
 
