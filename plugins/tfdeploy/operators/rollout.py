@@ -32,15 +32,28 @@ class RolloutOperator(ServingStep):
         super().__init__(**kwargs)
         self.webhdfs_conn_id = webhdfs_conn_id
 
+    def _keep_serving_production(self, model: str, version: int, manifest_sha256: str) -> None:
+        """Nothing to roll out, but the registry's production version must be what the stable pool serves: if its
+        entry or its containers are gone (e.g. after `make down`), they are put back."""
+        service = self.service
+        entry = service.entry(model)
+        if entry is not None and version in entry.versions and entry.labels.get("stable") == version:
+            service.change(model, lambda current: current)  # unchanged: only makes sure its replicas run
+            return
+        self.log.warning(
+            "%s v%s is in production but the stable pool does not serve it: serving it again", model, version
+        )
+        base_path = service.stage(ModelStoreHook(self.webhdfs_conn_id), model, version, manifest_sha256=manifest_sha256)
+        service.change(model, lambda _current: ServedModel(model, base_path, (version,), {"stable": version}))
+
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
         version = self.candidate(context)
         exported = self.exported(context) or {}
-        if exported.get("action") == "noop":
-            raise AirflowSkipException(exported.get("reason") or f"{model} v{version}: nothing to roll out")
         record = self.registry.get_version(model, version)
-        if record.state == ModelState.PRODUCTION:
-            raise AirflowSkipException(f"{model} v{version} is already in production: nothing to roll out")
+        if exported.get("action") == "noop" or record.state == ModelState.PRODUCTION:
+            self._keep_serving_production(model, version, record.manifest_sha256)
+            raise AirflowSkipException(exported.get("reason") or f"{model} v{version} is already in production")
         if record.state not in ROLLABLE:
             raise AirflowFailException(
                 f"{model} v{version} is {record.state.value}; only a validated version can be rolled out"

@@ -166,8 +166,9 @@ class ServingTargetService:
             after = edit(before)
             if after is not None and after.name != model:
                 raise ValueError(f"an edit of {model!r} returned an entry for {after.name!r}")
-            if after == before:
-                return ConfigChange(model, before, after, phases=0, container_created=False)
+            if after == before:  # nothing to change, but what the file says must be served: its containers run
+                created = bool(models) and self._ensure_running(build_model_config(models), model, after)
+                return ConfigChange(model, before, after, phases=0, container_created=created)
             steps = label_phases(before, after)
             configs = [build_model_config(with_entry(models, step, model)) for step in steps]  # validates
             created = False
@@ -251,6 +252,25 @@ class ServingTargetService:
                     for backend in self.target.router_backends:
                         self.router.set_state(backend, server, "ready")
         return created_any
+
+    def _ensure_running(self, config: ModelServerConfig, model: str, entry: ServedModel | None) -> bool:
+        """Create any replica whose container is gone (it reads the file at start) and verify it; True if any was.
+
+        So the serving side catches up with the file, e.g. after `make down` removed the containers."""
+        grpc_port, rest_port = self.serving.ports
+        created = False
+        for index, serving in enumerate(self.replicas):
+            info = self.host.ensure_server(
+                name=self.target.container(index),
+                image=self.target.image,
+                grpc_port=grpc_port + 2 * index,
+                rest_port=rest_port + 2 * index,
+                poll_seconds=self.poll_seconds,
+            )
+            if info.created:
+                self._verify(serving, model, None, entry)
+                created = True
+        return created
 
     def _verify(
         self, serving: TFServingHook, model: str, before: ServedModel | None, after: ServedModel | None

@@ -164,24 +164,32 @@ def nothing_touched(service: FakeService, canary: FakeService, router: FakeRoute
     assert registry.writes == []
 
 
-def test_noop_release_skips(
+def test_noop_release_skips_when_the_stable_pool_serves_production(
     registry: FakeRegistry, service: FakeService, canary: FakeService, router: FakeRouter, fake_store: FakeModelStore
 ) -> None:
     registry.seed(2, "production")
+    service.serve(2, stable=2)
 
     with pytest.raises(AirflowSkipException, match="test"):
         rollout(registry, service, canary, router).execute(context(action="noop"))
-    nothing_touched(service, canary, router, registry)
+    # no change to any config: only the unchanged entry re-applied, which makes sure the replicas run
+    assert [c.phases for c in service.changes] == [0] and service.calls["stage"] == 0
+    assert canary.changes == [] and router.calls == [] and registry.writes == []
 
 
-def test_version_in_production_skips(
+def test_production_missing_from_the_stable_pool_is_served_again(
     registry: FakeRegistry, service: FakeService, canary: FakeService, router: FakeRouter, fake_store: FakeModelStore
 ) -> None:
+    # the registry says v2 is in production, but its serving containers and config are gone (`make down`)
     registry.seed(2, "production")
 
-    with pytest.raises(AirflowSkipException, match="already in production"):
+    with pytest.raises(AirflowSkipException):
         rollout(registry, service, canary, router).execute(context())
-    nothing_touched(service, canary, router, registry)
+    assert service.config[MODEL] == ServedModel(MODEL, f"/models/{MODEL}", (2,), {"stable": 2})
+    assert [(c["version"], c["sha"]) for c in service.stage_calls] == [
+        (2, registry.get_version(MODEL, 2).manifest_sha256)
+    ]
+    assert canary.changes == [] and router.calls == [] and registry.writes == []
 
 
 @pytest.mark.parametrize("state", ["rejected", "superseded", "registered", "archived"])
