@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from tfdeploy.core.models_config import ServedModel, build_model_config
 from tfdeploy.hooks.router import RouterHook
-from tfdeploy.hooks.serving_host import ServingHostHook
+from tfdeploy.hooks.serving_host import ServerInfo, ServingHostHook
 from tfdeploy.hooks.tfserving import TFServingHook
 from tfdeploy.services.targets import ServingTarget
 
@@ -167,7 +167,7 @@ class ServingTargetService:
             if after is not None and after.name != model:
                 raise ValueError(f"an edit of {model!r} returned an entry for {after.name!r}")
             if after == before:  # nothing to change, but what the file says must be served: its containers run
-                created = bool(models) and self._ensure_running(build_model_config(models), model, after)
+                created = bool(models) and self._ensure_running(model, after)
                 return ConfigChange(model, before, after, phases=0, container_created=created)
             steps = label_phases(before, after)
             configs = [build_model_config(with_entry(models, step, model)) for step in steps]  # validates
@@ -222,7 +222,6 @@ class ServingTargetService:
         self.host.write_config(config)
         serves_models = bool(config.model_config_list.config)
         rolling = len(self.replicas) > 1
-        grpc_port, rest_port = self.serving.ports if serves_models else (0, 0)
         created_any = False
         for index, serving in enumerate(self.replicas):
             if not serves_models:  # nothing left to serve: unload everything, but start no server for nothing
@@ -230,13 +229,7 @@ class ServingTargetService:
                     serving.reload(config)
                     self._verify(serving, model, before, after)
                 continue
-            info = self.host.ensure_server(
-                name=self.target.container(index),
-                image=self.target.image,
-                grpc_port=grpc_port + 2 * index,
-                rest_port=rest_port + 2 * index,
-                poll_seconds=self.poll_seconds,
-            )
+            info = self._ensure_replica(index)
             created_any = created_any or info.created
             if info.created:  # a new server read the file at start
                 self._verify(serving, model, before, after)
@@ -253,21 +246,24 @@ class ServingTargetService:
                         self.router.set_state(backend, server, "ready")
         return created_any
 
-    def _ensure_running(self, config: ModelServerConfig, model: str, entry: ServedModel | None) -> bool:
+    def _ensure_replica(self, index: int) -> ServerInfo:
+        """Replica ``index``'s container running the pool's image from models.config (created if it is not)."""
+        grpc_port, rest_port = self.serving.ports
+        return self.host.ensure_server(
+            name=self.target.container(index),
+            image=self.target.image,
+            grpc_port=grpc_port + 2 * index,
+            rest_port=rest_port + 2 * index,
+            poll_seconds=self.poll_seconds,
+        )
+
+    def _ensure_running(self, model: str, entry: ServedModel | None) -> bool:
         """Create any replica whose container is gone (it reads the file at start) and verify it; True if any was.
 
         So the serving side catches up with the file, e.g. after `make down` removed the containers."""
-        grpc_port, rest_port = self.serving.ports
         created = False
         for index, serving in enumerate(self.replicas):
-            info = self.host.ensure_server(
-                name=self.target.container(index),
-                image=self.target.image,
-                grpc_port=grpc_port + 2 * index,
-                rest_port=rest_port + 2 * index,
-                poll_seconds=self.poll_seconds,
-            )
-            if info.created:
+            if self._ensure_replica(index).created:
                 self._verify(serving, model, None, entry)
                 created = True
         return created
