@@ -68,7 +68,13 @@ def ts(value: str | None) -> float:
 def deploy(client: AirflowClient, model: str, example: Path, saved_model: Path) -> dict:
     t0 = time.time()
     run = client.trigger(
-        DAG, conf={"model_name": model, "source": str(saved_model), "golden_path": str(example / "golden.json")}
+        DAG,
+        conf={
+            "model_name": model,
+            "source": str(saved_model),
+            "golden_path": str(example / "golden.json"),
+            "strategy": "all_at_once",
+        },
     )
     final = client.wait_for_run(DAG, run["dag_run_id"], timeout=1800)
     total = time.time() - t0

@@ -145,6 +145,7 @@ def main() -> int:
                 "model_name": model,
                 "source": str(examples[variant] / "saved_model"),
                 "golden_path": str(examples[variant] / "golden.json"),
+                "strategy": "all_at_once",  # promote and rollback under load are what this measures
             }
             run = client.trigger("model_deploy", conf=conf)
             return client.wait_for_run("model_deploy", run["dag_run_id"], timeout=900)["state"]

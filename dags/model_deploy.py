@@ -1,8 +1,9 @@
 """model_deploy: takes a trained TensorFlow model to production safely, and backs it out when it misbehaves.
 
-acquire_lock -> export (HDFS) -> register -> validate -> rollout (TF Serving, canary) -> smoke -> promote
-                                                          \\______ rollback (if rollout/smoke/promote failed)
-                                                           release_gate (fails the run unless promoted), release_lock
+plan_release -> acquire_lock -> export (HDFS) -> register -> validate -> rollout (canary pool) -> smoke
+    -> gray_release (weighted steps at the router, each baked and judged by live metrics) -> promote
+    rollback (if rollout, smoke, gray_release or promote failed); release_gate (fails the run unless
+    promoted), release_lock
 
 Trigger it from the UI's trigger form, the REST API (`conf` with the same fields), on a schedule, or when
 the example model's source Asset is updated. See README.md ("The deployment pipeline").
@@ -19,7 +20,9 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, P
 from tfdeploy.core.names import MODEL_NAME_PATTERN
 from tfdeploy.operators.export import ExportModelOperator
 from tfdeploy.operators.gate import ReleaseGateOperator
+from tfdeploy.operators.gray_release import GrayReleaseOperator
 from tfdeploy.operators.lock import DeploymentLockSensor, ReleaseLockOperator
+from tfdeploy.operators.plan import PLAN_FIELDS, ReleasePlanOperator
 from tfdeploy.operators.promote import PromoteOperator
 from tfdeploy.operators.register import RegisterModelOperator
 from tfdeploy.operators.rollback import RollbackOperator
@@ -85,12 +88,43 @@ with DAG(
         "smoke_p99_budget_ms": Param(500.0, type="number", minimum=1),
         "max_latency_ratio": Param(3.0, type="number", minimum=1),
         "keep_versions": Param(2, type="integer", minimum=1, maximum=10),
+        # gray release (README "Gray release"): how traffic moves from stable to the candidate after smoke
+        "strategy": Param(
+            "canary",
+            enum=["all_at_once", "canary", "linear"],
+            description="all_at_once: promote after smoke; canary: the weights in steps; linear: linear_step% steps",
+        ),
+        "steps": Param(
+            [10, 50, 100],
+            type="array",
+            items={"type": "integer", "minimum": 1, "maximum": 100},
+            minItems=1,
+            maxItems=20,
+            description="canary: percent of unversioned calls on the candidate, rising, e.g. [1, 5, 25, 50, 100]",
+        ),
+        "linear_step": Param(25, type="integer", minimum=1, maximum=100, description="linear: percent per step"),
+        "step_seconds": Param(10, type="number", exclusiveMinimum=0, maximum=86400, description="bake time per step"),
+        "check_seconds": Param(2, type="number", exclusiveMinimum=0, maximum=600, description="judged every"),
+        "max_error_rate": Param(
+            0.01, type="number", minimum=0, maximum=1, description="allowed error rate above stable's (fraction)"
+        ),
+        "max_p99_ratio": Param(2.0, type="number", minimum=1, description="allowed candidate p99 / stable p99"),
+        "min_requests": Param(20, type="integer", minimum=1, description="candidate requests needed to judge a step"),
+        "low_traffic": Param(
+            "extend", enum=["extend", "fail"], description="too few requests at the end of a bake: bake again or fail"
+        ),
+        "max_extensions": Param(2, type="integer", minimum=0, maximum=20, description="extra bakes for low traffic"),
     },
 ) as dag:
     target: dict[str, Any] = {
         "serving_target": "{{ params.serving_target }}",
         "serving_image": "{{ params.serving_image }}",
     }
+    plan = ReleasePlanOperator(
+        task_id="plan_release",
+        strategy="{{ params.strategy }}",
+        options={name: f"{{{{ params.{name} }}}}" for name in PLAN_FIELDS if name != "strategy"},
+    )
     lock = DeploymentLockSensor(task_id="acquire_lock", model_name=MODEL)
     export = ExportModelOperator(
         task_id="export",
@@ -118,12 +152,20 @@ with DAG(
         max_latency_ratio="{{ params.max_latency_ratio }}",
         **target,
     )
-    promote = PromoteOperator(task_id="promote", model_name=MODEL, keep_versions="{{ params.keep_versions }}", **target)
+    gray = GrayReleaseOperator(
+        task_id="gray_release", model_name=MODEL, plan="{{ ti.xcom_pull(task_ids='plan_release') }}", **target
+    )
+    promote = PromoteOperator(
+        task_id="promote",
+        model_name=MODEL,
+        keep_versions="{{ params.keep_versions }}",
+        **target,
+    )
     rollback = RollbackOperator(task_id="rollback", model_name=MODEL, **target)
     gate = ReleaseGateOperator(task_id="release_gate", model_name=MODEL)
     release = ReleaseLockOperator(task_id="release_lock", model_name=MODEL)
 
-    lock >> export >> register >> validate >> rollout >> smoke >> promote
-    [rollout, smoke, promote] >> rollback
+    plan >> lock >> export >> register >> validate >> rollout >> smoke >> gray >> promote
+    [rollout, smoke, gray, promote] >> rollback
     [promote, rollback] >> gate
     [promote, rollback] >> release

@@ -7,6 +7,9 @@ Variants (for tests of the pipeline's guardrails):
   better  - trained longer              (a second version that should be promoted)
   nosig   - exported without `serving_default` (validation must reject it)
   noisy   - answers with random noise on top (passes lax validation, fails serving parity in smoke)
+  fragile - `better`'s answers, but refuses inputs outside [-1, 1] (INVALID_ARGUMENT, HTTP 400): passes
+            validation and smoke (the golden inputs lie inside), fails on live traffic that does not
+  slow    - `better`'s answers after ~SLOW_MATMULS 256x256 matrix products per call: correct, but slow
 Also writes `golden.json` (inputs and expected labels) beside the SavedModel directory.
 
 Usage: python include/example_model/build.py --out DIR [--variant good] [--seed 0]
@@ -25,6 +28,7 @@ import numpy as np  # noqa: E402
 
 W = np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32)
 B = 0.5
+SLOW_MATMULS = 40
 
 
 def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +44,7 @@ def build(out: Path, variant: str, seed: int) -> Path:
     x, y = data(2048, seed)
     model = tf.keras.Sequential([tf.keras.Input(shape=(4,), name="inputs"), tf.keras.layers.Dense(1)])
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05), loss="mse")
-    model.fit(x, y, epochs={"better": 40}.get(variant, 12), batch_size=128, verbose=0)
+    model.fit(x, y, epochs=40 if variant in ("better", "fragile", "slow") else 12, batch_size=128, verbose=0)
     saved = out / "saved_model"
     spec = [tf.TensorSpec([None, 4], tf.float32, name="inputs")]
     if variant in ("good", "better"):
@@ -51,6 +55,26 @@ def build(out: Path, variant: str, seed: int) -> Path:
         archive.track(model)
         if variant == "nosig":
             archive.add_endpoint(name="predict_only", fn=model.call, input_signature=spec)
+        elif variant == "fragile":
+
+            def fragile(inputs):
+                check = tf.debugging.assert_less_equal(
+                    tf.reduce_max(tf.abs(inputs)), 1.0, message="inputs outside the range this model was trained on"
+                )
+                with tf.control_dependencies([check]):
+                    return model.call(inputs)
+
+            archive.add_endpoint(name="serving_default", fn=fragile, input_signature=spec)
+        elif variant == "slow":
+            weights = tf.random.stateless_normal([256, 256], seed=[seed, 1]) / 16.0
+
+            def slow(inputs):
+                burn = tf.while_loop(
+                    lambda i, m: i < SLOW_MATMULS, lambda i, m: (i + 1, tf.tanh(tf.matmul(m, weights))), (0, weights)
+                )[1]
+                return model.call(inputs) + 0.0 * tf.reduce_sum(burn)
+
+            archive.add_endpoint(name="serving_default", fn=slow, input_signature=spec)
         else:
 
             def noisy(inputs):
@@ -76,7 +100,7 @@ def build(out: Path, variant: str, seed: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--variant", default="good", choices=["good", "better", "nosig", "noisy"])
+    parser.add_argument("--variant", default="good", choices=["good", "better", "nosig", "noisy", "fragile", "slow"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

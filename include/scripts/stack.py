@@ -715,7 +715,10 @@ def airflow_env(s: Settings) -> dict[str, str]:
         "AIRFLOW_CONN_ROUTER_LOCAL": json.dumps(
             {
                 "conn_type": "tfdeploy_router",
-                "extra": {"socket": str(s.run_dir / "haproxy.sock"), "candidates_map": str(router_map(s))},
+                "extra": {
+                    "socket": str(s.run_dir / "haproxy.sock"),
+                    **{f"{name}_map": str(router_map(s, name)) for name in ROUTER_MAPS},
+                },
             }
         ),
         "AIRFLOW_CONN_SERVING_HOST_LOCAL": json.dumps(
@@ -817,10 +820,18 @@ def status_airflow(s: Settings) -> str:
 # ----------------------------------------------------------------------------- router (HAProxy)
 
 
-def router_map(s: Settings) -> Path:
-    """The router's map of candidates (``<model>/<version> canary``): versioned REST calls for them go to the
-    canary pool. The pipeline keeps it (runtime API and file, so a restarted router has it too)."""
-    return s.state_dir / "haproxy" / "candidates.map"
+def router_map(s: Settings, name: str = "candidates") -> Path:
+    """One of the router's maps, kept by the pipeline through the runtime API and in its file (so a restarted
+    router routes the same way): ``candidates`` (``<model>/<version> canary``: versioned REST calls for them go
+    to the canary pool), ``weights`` (``<model> <percent>``: the share of a model's unversioned inference calls
+    sent to its candidate during a gray release) and ``limits`` (``<model> <requests/s>``: per-model rate
+    limits, kept in the registry)."""
+    if name not in ROUTER_MAPS:
+        raise ValueError(f"unknown router map {name!r}; maps: {', '.join(ROUTER_MAPS)}")
+    return s.state_dir / "haproxy" / f"{name}.map"
+
+
+ROUTER_MAPS = ("candidates", "weights", "limits")
 
 
 def router_config(s: Settings) -> str:
@@ -835,15 +846,40 @@ def router_config(s: Settings) -> str:
     (admin socket) changes server states, weights and the map without a reload; Prometheus on /metrics.
     """
     socket_path = s.run_dir / "haproxy.sock"
+    maxconn = s.serving_maxconn
 
     def servers(prefix: str, rest_port: int, grpc_port: int, count: int) -> tuple[str, str]:
-        rest = "\n".join(f"    server {prefix}{i + 1} 127.0.0.1:{rest_port + 2 * i} check" for i in range(count))
+        rest = "\n".join(
+            f"    server {prefix}{i + 1} 127.0.0.1:{rest_port + 2 * i} check maxconn {maxconn}" for i in range(count)
+        )
         grpc = "\n".join(
             f"    server {prefix}{i + 1} 127.0.0.1:{grpc_port + 2 * i} proto h2 check port {rest_port + 2 * i} "
-            "check-proto h1"
+            f"check-proto h1 maxconn {maxconn}"
             for i in range(count)
         )
         return rest, grpc
+
+    def qos(backends: dict[str, str]) -> str:
+        """Priority classes and shedding for a frontend whose requests go to ``backends`` (side -> backend)."""
+        lines = [
+            "    http-request set-var(txn.priority) req.hdr(X-Priority),lower",
+            "    http-request set-var(txn.priority) str(normal) if !{ var(txn.priority) -m str high normal low }",
+            "    http-request set-priority-class int(-10) if { var(txn.priority) -m str high }",
+            "    http-request set-priority-class int(10) if { var(txn.priority) -m str low }",
+        ]
+        for side, backend in backends.items():
+            on_side = f" {{ var(txn.side) -m str {side} }}" if len(backends) > 1 else ""
+            for priority, queued in (("low", s.qos_low_queue), ("normal", s.qos_normal_queue)):
+                message = (
+                    f"overloaded: {priority}-priority requests are refused while {queued} or more wait; "
+                    "retry after a second, or send X-Priority: high"
+                )
+                lines.append(
+                    "    http-request return status 429 content-type application/json hdr Retry-After 1 "
+                    f'string "{{\\"error\\": \\"{message}\\"}}" '
+                    f"if {{ var(txn.priority) -m str {priority} }}{on_side} {{ queue({backend}) ge {queued} }}"
+                )
+        return "\n".join(lines)
 
     stable_rest, stable_grpc = servers("replica", s.replica_rest_port, s.replica_grpc_port, s.stable_replicas)
     canary_rest, canary_grpc = servers("canary", s.canary_replica_rest_port, s.canary_replica_grpc_port, 1)
@@ -853,6 +889,13 @@ def router_config(s: Settings) -> str:
         # a connection refused or reset marks the replica down at once (no waiting for two failed checks)
         "    default-server inter 1s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down"
     )
+    rate_limited = (
+        "http-request return status 429 content-type application/json hdr Retry-After 1 "
+        'string "{\\"error\\": \\"rate limit of this model exceeded; retry after a second\\"}"'
+    )
+    candidate_version = f"var(txn.model_version),map({router_map(s, 'candidates')})"
+    # a caller's key (hashed with the model's name) picks its bucket 0-99: the same side for the whole release
+    route_key_bucket = "req.hdr(X-Route-Key),concat(@,txn.model),crc32(1),mod(100)"
     return f"""# generated by include/scripts/stack.py (router_config): edit there
 global
     log stdout format raw local0 info
@@ -879,20 +922,46 @@ defaults
 
 frontend serving_rest
     bind 127.0.0.1:{s.serving_rest_port}
+    acl model_call path_reg -i ^/v1/models/[^/:]+([:/]|$)
+    acl infer path_reg -i ^/v1/models/[^/:]+:(predict|classify|regress)$
     acl canary_label path_reg -i ^/v1/models/[^/:]+/labels/canary([:/]|$)
     acl versioned path_reg -i ^/v1/models/[^/:]+/versions/[0-9]+([:/]|$)
+    http-request set-var(txn.model) path,field(4,/),field(1,:) if model_call
+    # per-model rate limit (limits map, requests/s over the last second): 429 before anything queues
+    http-request track-sc0 var(txn.model) table rates if model_call
+    http-request set-var(txn.limit) var(txn.model),map({router_map(s, "limits")},0) if model_call
+    http-request set-var(txn.over_limit) sc_http_req_rate(0),sub(txn.limit) if {{ var(txn.limit) -m int gt 0 }}
+    {rate_limited} if {{ var(txn.over_limit) -m int gt 0 }}
+    # the side: the canary pool for /labels/canary, for /versions/<v> of a candidate, and for a gray release's
+    # share of unversioned inference calls (weights map, percent; X-Route-Key pins a caller to one side)
+    http-request set-var(txn.side) str(stable)
+    http-request set-var(txn.side) str(canary) if canary_label
     http-request set-var(txn.version) path,field(6,/),field(1,:) if versioned
-    http-request set-var(txn.model_version) path,field(4,/),concat(/,txn.version) if versioned
-    use_backend local_canary_rest if canary_label
-    use_backend local_canary_rest if {{ var(txn.model_version),map({router_map(s)}) -m found }}
+    http-request set-var(txn.model_version) var(txn.model),concat(/,txn.version) if versioned
+    http-request set-var(txn.side) str(canary) if versioned {{ {candidate_version} -m found }}
+    http-request set-var(txn.weight) var(txn.model),map({router_map(s, "weights")},0) if infer
+    http-request set-var(txn.bucket) rand(100) if infer !{{ req.hdr(X-Route-Key) -m found }}
+    http-request set-var(txn.bucket) {route_key_bucket} if infer {{ req.hdr(X-Route-Key) -m found }}
+    http-request set-var(txn.gray) var(txn.bucket),sub(txn.weight) if infer
+    http-request set-var(txn.side) str(canary) if infer {{ var(txn.gray) -m int lt 0 }}
+    # per model and side counters of unversioned inference calls, which judge a gray release's steps
+    http-request set-var(txn.tracked) var(txn.model),concat(/,txn.side) if infer
+    http-request track-sc1 var(txn.tracked) table traffic if infer
+{qos({"stable": "local_rest", "canary": "local_canary_rest"})}
+    http-after-response set-header X-Served-By %[var(txn.side)] if {{ var(txn.side) -m found }}
+    use_backend local_canary_rest if {{ var(txn.side) -m str canary }}
     default_backend local_rest
 
 frontend serving_grpc
     bind 127.0.0.1:{s.serving_grpc_port} proto h2
+    http-request set-var(txn.side) str(stable)
+{qos({"stable": "local_grpc"})}
     default_backend local_grpc
 
 frontend serving_canary_grpc
     bind 127.0.0.1:{s.canary_grpc_port} proto h2
+    http-request set-var(txn.side) str(canary)
+{qos({"canary": "local_canary_grpc"})}
     default_backend local_canary_grpc
 
 frontend router_stats
@@ -901,6 +970,12 @@ frontend router_stats
     stats enable
     stats uri /stats
     stats refresh 5s
+
+backend rates
+    stick-table type string len 128 size 10k expire 10s store http_req_rate(1s)
+
+backend traffic
+    stick-table type string len 160 size 10k expire 24h store http_req_cnt,http_err_cnt,http_fail_cnt
 
 backend local_rest
 {check}
@@ -947,7 +1022,8 @@ def up_router(s: Settings) -> None:
     if pid is not None:  # the configuration changed (ports, replicas): restart it
         stop_service(s, "router")
     conf.write_text(text)
-    router_map(s).touch()  # kept by the pipeline; empty at first
+    for name in ROUTER_MAPS:
+        router_map(s, name).touch()  # kept by the pipeline; empty at first
     check = subprocess.run([haproxy, "-c", "-q", "-f", str(conf)], capture_output=True, text=True)
     if check.returncode != 0:
         raise StackError(f"HAProxy refuses {conf}: {check.stderr.strip() or check.stdout.strip()}")

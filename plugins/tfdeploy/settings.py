@@ -136,6 +136,13 @@ class Settings:
     router_stats_port: int = field(default_factory=lambda: _stack_port("ROUTER_STATS_PORT", 8404))
     # replicas of the stable pool (replica i listens on the replica ports + 2i), rolled one at a time
     stable_replicas: int = field(default_factory=lambda: _count("SERVING_STABLE_REPLICAS", 2, 1, 5))
+    # QoS at the router (README "Traffic"): each replica takes at most SERVING_MAXCONN requests at once, the
+    # rest wait in the router's queue by priority class (X-Priority: high, normal, low); low-priority requests
+    # are refused (503, Retry-After) while QOS_LOW_QUEUE or more wait for that pool, normal ones while
+    # QOS_NORMAL_QUEUE or more wait; high ones are never shed, only queued (first) up to `timeout queue`.
+    serving_maxconn: int = field(default_factory=lambda: _count("SERVING_MAXCONN", 16, 1, 10000))
+    qos_low_queue: int = field(default_factory=lambda: _count("QOS_LOW_QUEUE", 1, 1, 100000))
+    qos_normal_queue: int = field(default_factory=lambda: _count("QOS_NORMAL_QUEUE", 64, 1, 100000))
     serving_container_prefix: str = field(default_factory=lambda: _profile().container_prefix)
 
     @property

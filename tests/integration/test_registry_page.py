@@ -2,7 +2,8 @@
 
 The registry runs standalone in-process on a free loopback port, with data seeded through RegistryService;
 the test checks what a person would: the auth message without a token, the model list and its filters, a
-model's production/canary, the version timeline and its links to Airflow, and saves a full-page screenshot.
+model's production/canary, the version timeline and its links to Airflow, the gray release's traffic split,
+rate limit and release controls, and saves a full-page screenshot.
 It needs no other service of the stack.
 """
 
@@ -78,6 +79,15 @@ def _seed(service: RegistryService) -> None:
     service.set_deployment("fraud-detector", "tfserving-prod", "canary", 3, by("alice", RUN_V3, "deploy_canary"))
     service.record_health("fraud-detector", 3, "tfserving-prod", "degraded", by("monitor", interface="schedule"))
     service.record_health("fraud-detector", 2, "tfserving-prod", "healthy", by("monitor", interface="schedule"))
+    service.set_traffic(
+        "fraud-detector",
+        by("alice", RUN_V3, "shift_traffic"),
+        stable_version=2,
+        canary_version=3,
+        canary_weight=10,
+        reason="canary step 1",
+    )
+    service.set_rate_limit("fraud-detector", 50, by("alice", interface="ui"), reason="protect the GPU pool")
     service.acquire_lock("fraud-detector", "deploy_fraud_detector", by("alice", RUN_V3), ttl_seconds=900, run_id=RUN_V3)
 
     service.register_version("churn-predictor", by("bob", interface="cli"), metrics={"rmse": 0.31})
@@ -253,6 +263,46 @@ def test_registry_page(registry_url: str, browser, artifacts_dir: Path) -> None:
     expect(entries.get_by_test_id("version-number")).to_have_text(["v2"])
     page.get_by_test_id("version-filter").select_option("")
     expect(entries).to_have_count(3)
+
+    # 4. the gray release: the live split, the rate limit, and the controls (each asks why, then POSTs)
+    expect(page.get_by_test_id("traffic-stable")).to_have_text("stable v2 at 90%")
+    expect(page.get_by_test_id("traffic-canary")).to_have_text("canary v3 at 10%")
+    expect(page.get_by_test_id("rate-limit")).to_have_text("50 rps")
+    expect(page.get_by_test_id("traffic-paused")).to_have_count(0)
+    buttons = {a: page.get_by_test_id(f"release-{a}") for a in ("pause", "resume", "promote", "abort")}
+    for button in buttons.values():
+        expect(button).to_be_visible()
+    expect(buttons["resume"]).to_be_disabled()  # not paused
+    traffic_event = page.locator("[data-testid=history-row][data-kind=traffic]")
+    expect(traffic_event.get_by_test_id("event-extra")).to_have_text(
+        "stable v2 90% · canary v3 10% (was stable v2 100% · no canary)"
+    )
+    expect(page.locator("[data-testid=history-row][data-kind=rate_limit]")).to_contain_text("50 rps (was no limit)")
+    page.once("dialog", lambda dialog: dialog.dismiss())  # cancelled: nothing is sent
+    buttons["abort"].click()
+    page.once("dialog", lambda dialog: dialog.accept("p99 up 30% on the canary"))
+    buttons["pause"].click()
+    expect(page.get_by_test_id("traffic-paused")).to_have_text("paused")
+    expect(page.get_by_test_id("release-resume")).to_be_enabled()
+    expect(page.get_by_test_id("release-pause")).to_be_disabled()
+    control = page.locator("[data-testid=history-row][data-kind=release_control]")
+    expect(control).to_have_count(1)  # the cancelled abort left no trace
+    expect(control.get_by_test_id("event-extra")).to_have_text("pause by api-token")
+    expect(control.get_by_test_id("event-actor")).to_have_text("api-token")
+    expect(control).to_contain_text("p99 up 30% on the canary")
+    page.once("dialog", lambda dialog: dialog.accept("canary is fine"))
+    page.get_by_test_id("release-promote").click()
+    expect(page.get_by_test_id("traffic-pending")).to_have_text("promote now pending")
+    expect(control).to_have_count(2)
+    # no release in progress: the split alone, no controls
+    churn.click()
+    expect(page.get_by_test_id("detail-name")).to_have_text("churn-predictor")
+    expect(page.get_by_test_id("traffic-stable")).to_have_text("stable v1 at 100%")
+    expect(page.get_by_test_id("traffic-canary")).to_have_text("no release in progress")
+    expect(page.get_by_test_id("rate-limit")).to_have_text("no limit")
+    expect(page.get_by_test_id("release-controls")).to_have_count(0)
+    fraud.click()
+    expect(page.get_by_test_id("traffic-pending")).to_be_visible()
 
     page.wait_for_load_state("networkidle")
     shot = artifacts_dir / "registry-page.png"

@@ -1,14 +1,24 @@
 """The router (HAProxy) as the stack runs it: clients' REST and gRPC reach the `local` target's replica through
 it, a replica that stops answering is taken out of rotation by the health check (fast 503s, no hangs), and it
 comes back once it answers again. The replica here is the stand-in image serving TF Serving's test model,
-started on the target's replica ports; the test removes it (the pipeline's own tests recreate theirs)."""
+started on the target's replica ports; the test removes it (the pipeline's own tests recreate theirs).
+
+Gray release and QoS at the router (small bounded loads on 127.0.0.1): a weight sends that share of unversioned
+calls to the canary pool (X-Served-By tells the side), X-Route-Key keeps a caller on one side, a per-model rate
+limit answers 429 with Retry-After, and under overload low-priority calls are refused at once (429) while
+high-priority ones are queued first and served. Every weight, limit and maxconn a test sets is put back in a
+`finally`, so the tests run alone and in any order."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -43,24 +53,23 @@ def wait_for(what: str, check, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def replicas(settings, docker_client, tmp_path):
-    """The stable pool's replicas (containers on the replica ports + 2i), in place of the pipeline's."""
+@contextlib.contextmanager
+def stable_replicas(settings, docker_client, models: Path, model: str):
+    """The stable pool's replicas (containers on the replica ports + 2i) serving ``models/<model>``, in place of
+    the pipeline's; removed afterwards."""
     names = [f"{settings.serving_container_prefix}-local"] + [
         f"{settings.serving_container_prefix}-local-{i}" for i in range(1, settings.stable_replicas)
     ]
     for name in names:
         with contextlib.suppress(Exception):
             docker_client.containers.get(name).remove(force=True)
-    models = tmp_path / "models"
-    shutil.copytree(HP, models / "half_plus_two")
     models.chmod(0o755)
     containers = [
         docker_client.containers.run(
             "local/tfserving-compat:latest",
             detach=True,
             name=name,
-            environment={"MODEL_NAME": "half_plus_two"},
+            environment={"MODEL_NAME": model},
             volumes={str(models): {"bind": "/models", "mode": "ro"}},
             ports={
                 "8500/tcp": ("127.0.0.1", settings.replica_grpc_port + 2 * i),
@@ -74,13 +83,22 @@ def replicas(settings, docker_client, tmp_path):
         # the replicas themselves first: a container just replaced on the same ports can still look UP
         for i in range(len(names)):
             port = settings.replica_rest_port + 2 * i
-            wait_for("the replica to serve", lambda port=port: serves(port, "half_plus_two"), 60)
+            wait_for("the replica to serve", lambda port=port: serves(port, model), 60)
         wait_for("the replicas to be UP in the router", lambda: set(replica_states(settings).values()) == {"UP"}, 60)
         yield containers
     finally:
         for container in containers:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+
+
+@pytest.fixture
+def replicas(settings, docker_client, tmp_path):
+    """The stable pool's replicas serving TF Serving's half_plus_two test model (v123)."""
+    models = tmp_path / "models"
+    shutil.copytree(HP, models / "half_plus_two")
+    with stable_replicas(settings, docker_client, models, "half_plus_two") as containers:
+        yield containers
 
 
 @pytest.fixture
@@ -183,20 +201,15 @@ def test_grpc_without_a_replica_fails_fast(settings, docker_client):
     hook.close()
 
 
-def test_calls_naming_a_candidate_reach_the_canary_pool_and_nothing_else_does(
-    settings, replica, docker_client, tmp_path
-):
-    """The stable replica serves v123; a canary replica serves v124. Unversioned calls and /versions/123 reach
-    the stable pool; /labels/canary, and /versions/124 once the pipeline routes it, reach the canary pool."""
-    from tfdeploy.hooks.router import RouterHook
-
+@pytest.fixture
+def canary_replica(settings, replica, docker_client, tmp_path):
+    """Beside the stable replicas (half_plus_two v123), the canary pool's replica serving half_plus_two v124 only,
+    with the label `canary` on it: unversioned calls the router sends to the canary pool get v124."""
     name = f"{settings.serving_container_prefix}-local-canary"
     with contextlib.suppress(Exception):
         docker_client.containers.get(name).remove(force=True)
     models = tmp_path / "canary-models"
-    shutil.copytree(
-        ROOT / "tests" / "data" / "tfserving-testdata" / "saved_model_half_plus_two_2_versions", models / "hp2"
-    )
+    shutil.copytree(HP2_2V, models / "hp2")
     (models / "hp2" / "00000123").rename(models / "hp2" / ".not-a-version")
     shutil.copytree(HP, models / "half_plus_two")
     shutil.rmtree(models / "half_plus_two" / "00000123")
@@ -217,10 +230,21 @@ def test_calls_naming_a_candidate_reach_the_canary_pool_and_nothing_else_does(
             "8501/tcp": ("127.0.0.1", settings.canary_replica_rest_port),
         },
     )
-    router = RouterHook("router_local")  # its Connection comes from stack.airflow_env (tests/conftest.py)
     try:
         wait_for("the canary replica to serve", lambda: serves(settings.canary_replica_rest_port, "half_plus_two"), 60)
         wait_for("the canary pool UP", lambda: set(replica_states(settings, "canary").values()) == {"UP"}, 60)
+        yield canary
+    finally:
+        canary.remove(force=True)
+
+
+def test_calls_naming_a_candidate_reach_the_canary_pool_and_nothing_else_does(settings, canary_replica):
+    """The stable replica serves v123; a canary replica serves v124. Unversioned calls and /versions/123 reach
+    the stable pool; /labels/canary, and /versions/124 once the pipeline routes it, reach the canary pool."""
+    from tfdeploy.hooks.router import RouterHook
+
+    router = RouterHook("router_local")  # its Connection comes from stack.airflow_env (tests/conftest.py)
+    try:
         base = f"http://127.0.0.1:{settings.serving_rest_port}/v1/models/half_plus_two"
 
         def version_of(path: str) -> int | None:
@@ -240,4 +264,3 @@ def test_calls_naming_a_candidate_reach_the_canary_pool_and_nothing_else_does(
     finally:
         with contextlib.suppress(Exception):
             router.unroute_candidates("half_plus_two")
-        canary.remove(force=True)

@@ -32,7 +32,9 @@ def test_every_dag_has_tags_owner_and_retries(dagbag):
         assert dag.tags, f"{dag_id} has no tags"
         for t in dag.tasks:
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
-            assert t.retries >= 1, f"{dag_id}.{t.task_id} has no retries"
+            # a task may opt out only where a retry would do harm (gray_release: it would send traffic back to a
+            # candidate that breached; its failure rolls back instead)
+            assert t.retries >= 1 or getattr(t, "retriable", True) is False, f"{dag_id}.{t.task_id} has no retries"
 
 
 # Run in a fresh interpreter: imports the DAG file as Airflow's dag-processor would (module name aside),
@@ -69,3 +71,120 @@ def test_no_heavy_imports_when_parsing_a_dag_file(dag_file, settings):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["airflow"], f"{dag_file} did not import airflow.sdk: was it really parsed?"
     assert report["heavy"] == [], f"parsing {dag_file} imports {report['heavy']}"
+
+
+# --------------------------------------------------------------------------- model_deploy's gray release
+
+
+@pytest.fixture(scope="module")
+def deploy(dagbag):
+    return dagbag.dags["model_deploy"]
+
+
+RELEASE_PARAMS = {
+    "strategy": "canary",
+    "steps": [10, 50, 100],
+    "linear_step": 25,
+    "step_seconds": 10,
+    "check_seconds": 2,
+    "max_error_rate": 0.01,
+    "max_p99_ratio": 2.0,
+    "min_requests": 20,
+    "low_traffic": "extend",
+    "max_extensions": 2,
+}
+
+
+def test_the_release_params_and_their_defaults(deploy):
+    from tfdeploy.operators.plan import PLAN_FIELDS
+
+    defaults = deploy.params.dump()
+    assert {name: defaults[name] for name in RELEASE_PARAMS} == RELEASE_PARAMS
+    assert set(PLAN_FIELDS) <= set(defaults)
+
+
+def param(dag, name):
+    """A copy of the DAG's Param ``name``: resolving one keeps the value it resolved."""
+    import copy
+
+    return copy.deepcopy(dag.params.get_param(name))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("strategy", "blue_green"),
+        ("steps", [0]),
+        ("steps", [101]),
+        ("steps", [10, 50.5]),
+        ("steps", []),
+        ("steps", list(range(1, 22))),
+        ("linear_step", 0),
+        ("linear_step", 101),
+        ("step_seconds", -1),
+        ("step_seconds", 0),
+        ("step_seconds", 86401),
+        ("check_seconds", 0),
+        ("max_error_rate", 1.5),
+        ("max_error_rate", -0.1),
+        ("max_p99_ratio", 0.5),
+        ("min_requests", 0),
+        ("low_traffic", "retry"),
+        ("max_extensions", -1),
+        ("max_extensions", 21),
+    ],
+)
+def test_the_release_params_refuse_what_the_schema_can_tell(deploy, name, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        param(deploy, name).resolve(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("strategy", "linear"),
+        ("strategy", "all_at_once"),
+        ("steps", [1, 5, 25, 50, 100]),
+        ("steps", [50, 10]),  # JSON Schema cannot say "rising": the plan_release task refuses it
+        ("step_seconds", 0.5),
+        ("max_error_rate", 0),
+        ("max_extensions", 0),
+        ("low_traffic", "fail"),
+    ],
+)
+def test_the_release_params_take_good_values(deploy, name, value):
+    assert param(deploy, name).resolve(value) == value
+
+
+def test_the_default_params_make_a_valid_plan(deploy):
+    """What the plan_release task receives once its templates render (native objects) with the defaults."""
+    from tfdeploy.core.release import plan_release
+
+    plan = deploy.task_dict["plan_release"]
+    context = {"params": deploy.params.dump()}
+    options = plan.render_template(plan.options, context)
+    assert options == {name: value for name, value in RELEASE_PARAMS.items() if name != "strategy"}
+    assert plan_release(plan.render_template(plan.strategy, context), **options).steps == (10, 50, 100)
+
+
+def test_plan_release_runs_first_and_gray_release_between_smoke_and_promote(deploy):
+    tasks = deploy.task_dict
+    assert [t.task_id for t in deploy.roots] == ["plan_release"]
+    assert tasks["plan_release"].downstream_task_ids == {"acquire_lock"}
+    assert tasks["acquire_lock"].upstream_task_ids == {"plan_release"}
+    assert tasks["gray_release"].upstream_task_ids == {"smoke"}
+    assert tasks["promote"].upstream_task_ids == {"gray_release"}
+    assert tasks["gray_release"].downstream_task_ids == {"promote", "rollback"}
+    assert tasks["gray_release"].plan == "{{ ti.xcom_pull(task_ids='plan_release') }}"
+
+
+def test_the_rollback_follows_a_failed_gray_release(deploy):
+    from tfdeploy.operators.rollback import GUARDED_STEPS
+
+    rollback = deploy.task_dict["rollback"]
+    assert rollback.upstream_task_ids == {"rollout", "smoke", "gray_release", "promote"}
+    assert rollback.trigger_rule == "one_failed"
+    assert "gray_release" in GUARDED_STEPS
+    assert "gray_release" in deploy.task_dict["smoke"].get_flat_relative_ids(upstream=False)

@@ -229,6 +229,7 @@ def test_the_router_config_is_valid_haproxy_and_binds_loopback_only(clean_env, t
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(text)
     stack.router_map(s).parent.mkdir(parents=True, exist_ok=True)
-    stack.router_map(s).touch()
+    for name in stack.ROUTER_MAPS:
+        stack.router_map(s, name).touch()
     done = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr

@@ -10,8 +10,8 @@ Every method is a few lines over one request helper (:meth:`RegistryHook._call`)
    says what was tried;
  - any other error answer ``{"error": <class name>, "message": ...}`` is raised as that class of
    :mod:`tfdeploy.core.errors` (unknown names: :class:`RegistryError`), never retried;
- - results are typed (:class:`VersionRecord`, :class:`ModelRecord`, :class:`Lease`, :class:`HealthRecord`),
-   states are :class:`ModelState`.
+ - results are typed (:class:`VersionRecord`, :class:`ModelRecord`, :class:`Lease`, :class:`HealthRecord`,
+   :class:`Traffic`), states are :class:`ModelState`.
 
 ``context`` is the lineage dict of the run (``tfdeploy.lineage.run_context``: actor, interface, dagId, runId,
 taskId); writes record it in the registry's history.
@@ -119,6 +119,41 @@ class LockInfo:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """A model's traffic split in a gray release (weights in percent of calls) and the operator's controls:
+    ``paused`` (hold the weights), ``pending_action`` (``promote`` or ``abort``: the pipeline acts on it, then
+    clears it). No release in progress: ``canary_version`` None, the stable version takes every call."""
+
+    stable_version: int | None
+    stable_weight: int
+    canary_version: int | None
+    canary_weight: int
+    paused: bool
+    pending_action: str | None
+    updated_at: dt.datetime | None
+    updated_by: str = ""
+
+    @property
+    def in_progress(self) -> bool:
+        """A release is in progress (there is a canary)."""
+        return self.canary_version is not None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Traffic:
+        stable, canary = d.get("stable") or {}, d.get("canary") or {}
+        return cls(
+            stable_version=stable.get("version"),
+            stable_weight=int(stable.get("weight") or 0),
+            canary_version=canary.get("version"),
+            canary_weight=int(canary.get("weight") or 0),
+            paused=bool(d.get("paused")),
+            pending_action=d.get("pendingAction"),
+            updated_at=_time(d.get("updatedAt")),
+            updated_by=d.get("updatedBy") or "",
+        )
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     """A model: the version in production, the canary, the newest, health, deployments and lock."""
 
@@ -130,10 +165,12 @@ class ModelRecord:
     deployments: tuple[Deployment, ...] = ()
     lock: LockInfo | None = None
     description: str = ""
+    traffic: Traffic | None = None
+    rate_limit_rps: float | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ModelRecord:
-        lock = d.get("lock")
+        lock, traffic = d.get("lock"), d.get("traffic")
         return cls(
             model=d["modelName"],
             production_version=d.get("version"),
@@ -145,6 +182,8 @@ class ModelRecord:
             if lock
             else None,
             description=d.get("description") or "",
+            traffic=Traffic.from_json(traffic) if traffic else None,
+            rate_limit_rps=d.get("rateLimitRps"),
         )
 
 
@@ -418,6 +457,50 @@ class RegistryHook(BaseHook):
         """The newest health records first."""
         out = self._call("GET", self._path(model, "health"), params={"limit": limit})
         return [HealthRecord.from_json(r) for r in out["records"]]
+
+    # ------------------------------------------------------------------ gray releases: traffic split and controls
+
+    def set_traffic(
+        self,
+        model: str,
+        *,
+        stable_version: int | None,
+        canary_version: int | None,
+        canary_weight: int,
+        reason: str,
+        context: Context,
+    ) -> Traffic:
+        """Set the split: ``canary_weight`` percent of calls to ``canary_version``, the rest to ``stable_version``.
+        A different canary (or None: the release is over) starts afresh: not paused, no pending action."""
+        body = {
+            "stableVersion": stable_version,
+            "canaryVersion": canary_version,
+            "canaryWeight": canary_weight,
+            "reason": reason,
+            "context": dict(context),
+        }
+        return Traffic.from_json(self._call("PUT", self._path(model, "traffic"), body=body))
+
+    def get_traffic(self, model: str) -> Traffic:
+        return Traffic.from_json(self._call("GET", self._path(model, "traffic")))
+
+    def release_control(self, model: str, action: str, *, reason: str, context: Context | None = None) -> Traffic:
+        """``pause``, ``resume``, ``promote`` or ``abort`` the release in progress (Conflict if there is none).
+        The registry records the authenticated principal (this hook: the API token) as who did it."""
+        body = {"action": action, "reason": reason, "context": dict(context or {})}
+        return Traffic.from_json(self._call("POST", self._path(model, "release"), body=body))
+
+    def clear_pending_action(self, model: str, *, context: Context, expected: str | None = None) -> None:
+        """The pending promote/abort has been carried out: clear it (no-op if none). With ``expected``, only if it
+        is still the pending action (else Conflict: an operator asked for another one meanwhile)."""
+        params = _query(context, expected=expected or "")
+        self._call("DELETE", self._path(model, "release", "pending"), params=params)
+
+    def set_rate_limit(self, model: str, rps: float | None, *, reason: str, context: Context) -> None:
+        """Limit the model's calls to ``rps`` requests per second at the router (None: no limit). If the registry
+        cannot apply it to the router it answers 503 and stores nothing (retried, then RegistryUnavailable)."""
+        body = {"rps": rps, "reason": reason, "context": dict(context)}
+        self._call("PUT", self._path(model, "rate-limit"), body=body)
 
     # ------------------------------------------------------------------ deployment lock (a lease)
 

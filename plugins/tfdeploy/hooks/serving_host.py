@@ -6,6 +6,7 @@ at ``/models`` in the server container, so the Docker daemon must run on this sa
 
     model_root/models.config          the server's --model_config_file (written atomically)
     model_root/.config.lock           serializes config changes on this host (config_lock())
+    model_root/monitoring.config      the server's --monitoring_config_file: Prometheus metrics enabled
     model_root/<model>/<version>/     SavedModel versions (staged atomically: temp dir, then rename)
 
 The container runs the serving image (``tensorflow/serving`` in production) with ``--model_config_file``; it
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
 
 CONTAINER_ROOT = "/models"
 CONFIG_NAME = "models.config"
+MONITORING_NAME = "monitoring.config"
+# TF Serving's MonitoringConfig (text proto): its Prometheus page at the path the pipeline's gray release reads
+MONITORING_CONFIG = 'prometheus_config {\n  enable: true\n  path: "/monitoring/prometheus/metrics"\n}\n'
 LOCK_NAME = ".config.lock"
 GRPC_PORT = 8500  # inside the container, as in tensorflow/serving
 REST_PORT = 8501
@@ -373,8 +377,10 @@ class ServingHostHook(BaseHook):
             )
         client = self.docker_client
         image_id = self._image_id(image)
+        self._write_monitoring_config()
         args = [
             f"--model_config_file={CONTAINER_ROOT}/{CONFIG_NAME}",
+            f"--monitoring_config_file={CONTAINER_ROOT}/{MONITORING_NAME}",
             "--model_config_file_poll_wait_seconds=0",
             f"--file_system_poll_wait_seconds={int(poll_seconds)}",
             # labels in models.config are assigned before versions load at start-up (ServerCore::ReloadConfig):
@@ -434,6 +440,15 @@ class ServingHostHook(BaseHook):
         self.log.info("created server container %s (%s) from %s", name, container.short_id, image)
         self._wait_ready(container, rest_url, start_timeout_s)
         return ServerInfo(container_id=str(container.id), created=True, **info)
+
+    def _write_monitoring_config(self) -> None:
+        """``model_root/monitoring.config`` (atomically, only when it differs): the servers' Prometheus page."""
+        path = self.model_root / MONITORING_NAME
+        if path.is_file() and path.read_text() == MONITORING_CONFIG:
+            return
+        tmp = path.with_name(f".{MONITORING_NAME}.{os.getpid()}")
+        tmp.write_text(MONITORING_CONFIG)
+        os.replace(tmp, path)
 
     def stop_server(self, name: str, *, timeout: int = 30) -> None:
         """Stop and remove container ``name`` (no-op if there is none)."""

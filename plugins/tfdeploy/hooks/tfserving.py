@@ -351,6 +351,31 @@ class TFServingHook(BaseHook):
             return False
         return True
 
+    def metrics_page(self, path: str = "/monitoring/prometheus/metrics") -> str:
+        """The server's Prometheus page (TF Serving serves it when started with ``--monitoring_config_file``
+        enabling ``prometheus_config``); raises :class:`ServingUnavailable` if it does not answer 200."""
+        url = f"{self.rest_url}{path}"
+        try:
+            resp = self.session.get(url, timeout=min(self.timeout, 5.0))
+        except requests.RequestException as exc:
+            raise ServingUnavailable(
+                f"TF Serving metrics at {url} got no answer: {exc}",
+                status_code=None,
+                error=str(exc),
+                method="GET",
+                url=url,
+            ) from exc
+        if resp.status_code != 200:
+            raise ServingUnavailable(
+                f"TF Serving metrics at {url} -> {resp.status_code}: is the server started with "
+                "--monitoring_config_file (prometheus_config enabled)?",
+                status_code=resp.status_code,
+                error=resp.text[:200],
+                method="GET",
+                url=url,
+            )
+        return resp.text
+
     @staticmethod
     def _model_path(model: str, version: int | None, label: str | None) -> str:
         if version is not None and label is not None:

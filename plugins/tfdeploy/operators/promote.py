@@ -78,6 +78,14 @@ class PromoteOperator(ServingStep):
             )
         self.registry.set_deployment(model, service.name, "stable", version, context=lineage)
         self.registry.clear_deployment(model, service.name, "canary", reason="promoted to stable", context=lineage)
+        self.registry.set_traffic(
+            model,
+            stable_version=version,
+            canary_version=None,
+            canary_weight=0,
+            reason=f"v{version} promoted: the stable pool serves it to every call",
+            context=lineage,
+        )
         loaded = list(change.after.versions) if change.after else []
         self.log.info(
             "%s v%s is stable on %s; loaded versions %s; unloaded %s",

@@ -16,7 +16,7 @@ from tfdeploy.hooks.model_store import ModelStoreHook
 from tfdeploy.notifiers import DeploymentAlertNotifier
 from tfdeploy.operators.base import ServingStep, upstream_value
 
-GUARDED_STEPS = ("rollout", "smoke", "promote")
+GUARDED_STEPS = ("rollout", "smoke", "gray_release", "promote")
 SERVED = (ModelState.CANARY, ModelState.PRODUCTION)
 
 
@@ -147,3 +147,11 @@ class RollbackOperator(ServingStep):
                 model, target, "stable", reason="first deployment rolled back", context=lineage
             )
         self.registry.clear_deployment(model, target, "canary", reason=f"v{version} rolled back", context=lineage)
+        self.registry.set_traffic(
+            model,
+            stable_version=previous,
+            canary_version=None,
+            canary_weight=0,
+            reason=f"v{version} rolled back after {reason}: no call reaches it",
+            context=lineage,
+        )

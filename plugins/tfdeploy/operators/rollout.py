@@ -75,6 +75,14 @@ class RolloutOperator(ServingStep):
                 model, version, ModelState.CANARY, reason=f"serving in {canary.name}'s canary pool", context=lineage
             )
         self.registry.set_deployment(model, canary.name, "canary", version, context=lineage)
+        self.registry.set_traffic(
+            model,
+            stable_version=stable,
+            canary_version=version,
+            canary_weight=0,
+            reason=f"v{version} loaded in the canary pool: no unversioned call reaches it yet",
+            context=lineage,
+        )
         self.log.info(
             "%s: v%s serves in %s's canary pool (%d reload(s)%s), routed for /versions/%s and /labels/canary; "
             "stable v%s keeps every unversioned call",

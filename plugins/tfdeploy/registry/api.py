@@ -10,8 +10,9 @@ Airflow does not authenticate plugin apps, so the registry checks bearer tokens 
 import logging
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -98,6 +99,28 @@ class ServingEventIn(_Body):
     version: int | None = Field(None, ge=0)
     reason: str = ""
     details: dict[str, Any] = {}
+    context: Context = Context()
+
+
+class TrafficIn(_Body):
+    stable_version: int | None = Field(ge=0, description="the version in the stable pool (null: none)")
+    canary_version: int | None = Field(ge=0, description="the release's candidate (null: no release in progress)")
+    canary_weight: int = Field(0, ge=0, le=100, description="percent of calls sent to the canary")
+    reason: str = ""
+    context: Context = Context()
+
+
+class ReleaseControlIn(_Body):
+    action: Literal["pause", "resume", "promote", "abort"] = Field(
+        description="pause / resume the weight changes; promote now / abort: asks the pipeline (last one wins)"
+    )
+    reason: str = Field(min_length=1, description="why (required)")
+    context: Context = Context()
+
+
+class RateLimitIn(_Body):
+    rps: float | None = Field(gt=0, allow_inf_nan=False, description="requests per second (null: no limit)")
+    reason: str = ""
     context: Context = Context()
 
 
@@ -219,7 +242,33 @@ def _actor(ctx: Context, principal: Principal) -> Actor:
     )
 
 
-def create_app(config: RegistryConfig | None = None) -> FastAPI:
+def _principal_actor(ctx: Context, principal: Principal) -> Actor:
+    """As `_actor`, but who acted is always the authenticated principal, never a name from the body."""
+    return Actor(
+        actor=principal.name,
+        principal=principal.name,
+        interface=ctx.interface,
+        dag_id=ctx.dag_id,
+        run_id=ctx.run_id,
+        task_id=ctx.task_id,
+    )
+
+
+class _SinkFailed(Exception):
+    """The rate-limit sink raised: the change was rolled back (answered 503)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+RateLimitSink = Callable[[str, float | None], None]
+
+
+def create_app(config: RegistryConfig | None = None, *, rate_limit_sink: RateLimitSink | None = None) -> FastAPI:
+    """The registry app. ``rate_limit_sink(model, rps)`` (optional) applies a model's new rate limit (None: no
+    limit) to the router; it is called inside the request, before the commit: if it raises, nothing is stored
+    and the API answers 503."""
     config = config or RegistryConfig.from_env()
     state = _State(config)
     app = FastAPI(
@@ -377,6 +426,69 @@ def create_app(config: RegistryConfig | None = None) -> FastAPI:
         reason: str = "",
     ) -> None:
         service.clear_deployment(name, target, label, _actor(q.context, who), reason)
+
+    @v1.get("/models/{name}/traffic", summary="The traffic split: stable and canary versions and weights, controls")
+    def get_traffic(name: str, service: Svc, _: Reader) -> dict:
+        return service.traffic(name)
+
+    @v1.put("/models/{name}/traffic", summary="Set the traffic split of a gray release")
+    def set_traffic(name: str, body: TrafficIn, service: Svc, who: Writer) -> dict:
+        return service.set_traffic(
+            name,
+            _actor(body.context, who),
+            stable_version=body.stable_version,
+            canary_version=body.canary_version,
+            canary_weight=body.canary_weight,
+            reason=body.reason,
+        )
+
+    @v1.post("/models/{name}/release", summary="Pause, resume, promote now or abort the release in progress")
+    def release_control(name: str, body: ReleaseControlIn, service: Svc, who: Writer) -> dict:
+        return service.release_control(name, body.action, _principal_actor(body.context, who), reason=body.reason)
+
+    @v1.delete("/models/{name}/release/pending", status_code=204, summary="Clear the pending promote/abort")
+    def clear_pending_action(
+        name: str,
+        service: Svc,
+        who: Writer,
+        q: Annotated[ContextQuery, Depends()],
+        expected: Annotated[
+            Literal["promote", "abort"] | None,
+            Query(description="clear it only if this is still the pending action (else 409)"),
+        ] = None,
+    ) -> None:
+        service.clear_pending_action(name, _actor(q.context, who), expected=expected)
+
+    @v1.put("/models/{name}/rate-limit", summary="Set the model's rate limit (requests per second; null: none)")
+    def set_rate_limit(name: str, body: RateLimitIn, service: Svc, who: Writer) -> JSONResponse:
+        def apply(model: str, rps: float | None) -> None:
+            assert rate_limit_sink is not None
+            try:
+                rate_limit_sink(model, rps)
+            except Exception as exc:  # noqa: BLE001 - whatever the sink raised: roll back, answer 503
+                raise _SinkFailed(exc) from exc
+
+        try:
+            out = service.set_rate_limit(
+                name,
+                body.rps,
+                _actor(body.context, who),
+                reason=body.reason,
+                apply=apply if rate_limit_sink is not None else None,
+            )
+        except _SinkFailed as failed:
+            cause = f"{type(failed.cause).__name__}: {failed.cause}"[:300]
+            log.warning("registry: the rate limit of %s was not applied to the router: %s", name, cause)
+            return JSONResponse(
+                {
+                    "error": type(failed.cause).__name__,
+                    "message": f"the rate limit of {name} could not be applied to the router ({cause}): nothing "
+                    "was changed; retry later",
+                },
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return JSONResponse(out)
 
     @v1.post("/models/{name}/lock", summary="Acquire the model's deployment lock (a lease)")
     def acquire_lock(name: str, body: LockIn, service: Svc, who: Writer) -> dict:

@@ -10,7 +10,10 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
+    CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -48,6 +51,8 @@ class Model(Base):
     canary_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     health_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     latest_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Requests per second the router lets through to this model (None: no limit).
+    rate_limit_rps: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ModelVersion(Base):
@@ -118,6 +123,29 @@ class DeploymentLock(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
+class Traffic(Base):
+    """A model's traffic split during a gray release: the stable version, the canary and its weight (percent of
+    calls), and the operator's controls (pause, and a promote/abort the pipeline has yet to act on). No row: the
+    production version takes all traffic."""
+
+    __tablename__ = "traffic"
+    __table_args__ = (
+        CheckConstraint("canary_weight BETWEEN 0 AND 100", name="ck_traffic_canary_weight"),
+        CheckConstraint("canary_version IS NOT NULL OR canary_weight = 0", name="ck_traffic_weight_needs_canary"),
+        CheckConstraint("pending_action IN ('promote', 'abort')", name="ck_traffic_pending_action"),
+    )
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    stable_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    canary_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    canary_weight: Mapped[int] = mapped_column(Integer, default=0)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    pending_action: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(256), default="")
+    run_id: Mapped[str] = mapped_column(String(250), default="")
+
+
 class HistoryEvent(Base):
     """Append-only: database triggers refuse UPDATE and DELETE on this table."""
 
@@ -132,7 +160,8 @@ class HistoryEvent(Base):
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     model_name: Mapped[str] = mapped_column(String(128))
     version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    kind: Mapped[str] = mapped_column(String(32))  # registered, transition, deployment, health, lock
+    # registered, transition, deployment, health, lock, serving, router, traffic, release_control, rate_limit
+    kind: Mapped[str] = mapped_column(String(32))
     from_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
     to_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
     actor: Mapped[str] = mapped_column(String(256), default="")

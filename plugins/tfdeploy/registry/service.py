@@ -4,8 +4,9 @@ appends its history event in one transaction, so readers never see a half-done c
 from __future__ import annotations
 
 import datetime as dt
+import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from . import db
 INTERFACES = frozenset({"schedule", "ui", "rest_api", "cli", "asset", "backfill", "pipeline", "unknown"})
 HEALTH = frozenset({"healthy", "degraded", "unhealthy", "unknown"})
 SERVING_EVENTS = frozenset({"serving", "router"})
+RELEASE_ACTIONS = frozenset({"pause", "resume", "promote", "abort"})
+PENDING_ACTIONS = frozenset({"promote", "abort"})  # the pipeline acts on these, then clears them
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,48 @@ def model_summary(m: db.Model) -> dict[str, Any]:
         "health": m.health_status,
         "updatedAt": iso(m.updated_at),
     }
+
+
+def _split(stable: int | None, canary: int | None, canary_weight: int) -> dict[str, Any]:
+    """A traffic split as history records it: both sides always present (a side without a version: null)."""
+    weight = canary_weight if canary is not None else 0
+    return {
+        "stable": {"version": stable, "weight": 100 - weight if stable is not None else 0},
+        "canary": {"version": canary, "weight": weight},
+    }
+
+
+def traffic_dict(model: db.Model, row: db.Traffic | None) -> dict[str, Any]:
+    """The traffic JSON. No row (no gray release was ever set up): the production version takes every call."""
+    if row is None:
+        split = _split(model.production_version, None, 0)
+        return {
+            "stable": split["stable"],
+            "canary": None,
+            "paused": False,
+            "pendingAction": None,
+            "updatedAt": None,
+            "updatedBy": None,
+        }
+    split = _split(row.stable_version, row.canary_version, row.canary_weight)
+    return {
+        "stable": split["stable"],
+        "canary": split["canary"] if row.canary_version is not None else None,
+        "paused": row.paused,
+        "pendingAction": row.pending_action,
+        "updatedAt": iso(row.updated_at),
+        "updatedBy": row.updated_by or None,
+    }
+
+
+def _check_weight(canary_weight: int, canary_version: int | None) -> None:
+    if isinstance(canary_weight, bool) or not isinstance(canary_weight, int) or not 0 <= canary_weight <= 100:
+        raise InvalidRequest(f"canaryWeight must be an integer percentage in 0..100, got {canary_weight!r}")
+    if canary_weight > 0 and canary_version is None:
+        raise InvalidRequest(
+            f"canaryWeight {canary_weight} needs a canaryVersion: without a canary that share of calls would reach "
+            "no version; set canaryVersion, or canaryWeight 0"
+        )
 
 
 class RegistryService:
@@ -255,6 +300,8 @@ class RegistryService:
                 if lock
                 else None
             )
+            out["traffic"] = traffic_dict(model, session.get(db.Traffic, model.id))
+            out["rateLimitRps"] = model.rate_limit_rps
             return out
 
     # ------------------------------------------------------------------ versions
@@ -576,6 +623,151 @@ class RegistryService:
                     for r in rows
                 ],
             }
+
+    # ------------------------------------------------------------------ gray releases: traffic split and controls
+
+    def traffic(self, name: str) -> dict[str, Any]:
+        with self._sessions() as session:
+            model = self._model(session, name)
+            return traffic_dict(model, session.get(db.Traffic, model.id))
+
+    def set_traffic(
+        self,
+        name: str,
+        ctx: Actor,
+        *,
+        stable_version: int | None,
+        canary_version: int | None,
+        canary_weight: int = 0,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Set the model's traffic split (the pipeline, at every step of a gray release). A canary other than the
+        current one (or none: the release is over) starts afresh: not paused, no pending action."""
+        _check_weight(canary_weight, canary_version)
+        for field_name, value in (("stableVersion", stable_version), ("canaryVersion", canary_version)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidRequest(f"{field_name} must be a non-negative integer or null, got {value!r}")
+        if canary_version is not None and canary_version == stable_version:
+            raise InvalidRequest(
+                f"canaryVersion and stableVersion are both {canary_version}: a canary is a version other than the "
+                "stable one (once promoted, set it as stableVersion with canaryVersion null)"
+            )
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            for version in (stable_version, canary_version):
+                if version is not None:
+                    self._version(session, model, version)
+            row = session.get(db.Traffic, model.id)
+            previous = (
+                _split(row.stable_version, row.canary_version, row.canary_weight)
+                if row is not None
+                else _split(model.production_version, None, 0)
+            )
+            if row is None:
+                row = db.Traffic(model_id=model.id, paused=False)
+                session.add(row)
+            if canary_version is None or canary_version != row.canary_version:
+                row.paused, row.pending_action = False, None
+            now = db.utcnow()
+            row.stable_version, row.canary_version, row.canary_weight = stable_version, canary_version, canary_weight
+            row.updated_at, row.updated_by, row.run_id = now, ctx.actor, ctx.run_id
+            model.updated_at = now
+            details = _split(stable_version, canary_version, canary_weight) | {"previous": previous, "reason": reason}
+            self._event(session, ctx, name, "traffic", reason=reason, details=details)
+            session.flush()
+            return traffic_dict(model, row)
+
+    def release_control(self, name: str, action: str, ctx: Actor, *, reason: str) -> dict[str, Any]:
+        """An operator's control of the release in progress: pause / resume the weight changes, or ask the
+        pipeline to promote now / abort (a pending action; the last one asked wins). ``ctx.actor`` is recorded as
+        who did it: the API passes the authenticated principal."""
+        if action not in RELEASE_ACTIONS:
+            raise InvalidRequest(f"unknown action {action!r}; use one of {', '.join(sorted(RELEASE_ACTIONS))}")
+        if not reason.strip():
+            raise InvalidRequest(f"reason is required: say why the release is to {action}")
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            row = session.get(db.Traffic, model.id)
+            if row is None or row.canary_version is None:
+                raise Conflict(f"no release of {name} is in progress (its traffic has no canary): nothing to {action}")
+            previous = {"paused": row.paused, "pendingAction": row.pending_action}
+            if action in PENDING_ACTIONS:
+                row.pending_action = action
+            else:
+                row.paused = action == "pause"
+            row.updated_at, row.updated_by = db.utcnow(), ctx.actor
+            self._event(
+                session,
+                ctx,
+                name,
+                "release_control",
+                version=row.canary_version,
+                reason=reason,
+                details={
+                    "action": action,
+                    "reason": reason,
+                    "who": ctx.actor,
+                    "paused": row.paused,
+                    "pendingAction": row.pending_action,
+                    "previous": previous,
+                },
+            )
+            return traffic_dict(model, row)
+
+    def clear_pending_action(self, name: str, ctx: Actor, *, expected: str | None = None) -> dict[str, Any]:
+        """The pipeline has acted on the pending promote/abort: clear it. Nothing pending: a no-op. With
+        ``expected``, only if that action is still the pending one (else Conflict: the operator asked again)."""
+        if expected is not None and expected not in PENDING_ACTIONS:
+            choices = ", ".join(sorted(PENDING_ACTIONS))
+            raise InvalidRequest(f"unknown pending action {expected!r}; use one of {choices}")
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            row = session.get(db.Traffic, model.id)
+            if row is None or row.pending_action is None:
+                return traffic_dict(model, row)
+            if expected is not None and row.pending_action != expected:
+                raise Conflict(
+                    f"the pending action of {name}'s release is now {row.pending_action}, not {expected}: an operator "
+                    "asked again; re-read the traffic and act on the new one"
+                )
+            cleared, row.pending_action = row.pending_action, None
+            row.updated_at, row.updated_by = db.utcnow(), ctx.actor
+            self._event(
+                session,
+                ctx,
+                name,
+                "release_control",
+                version=row.canary_version,
+                reason=f"{cleared} carried out",
+                details={"action": "clear_pending", "cleared": cleared, "who": ctx.actor},
+            )
+            return traffic_dict(model, row)
+
+    def set_rate_limit(
+        self,
+        name: str,
+        rps: float | None,
+        ctx: Actor,
+        *,
+        reason: str = "",
+        apply: Callable[[str, float | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """Store the model's rate limit (requests per second; None: no limit). ``apply`` (the router's sink) is
+        called inside the transaction, before the commit: if it raises, nothing is stored."""
+        if rps is not None and (
+            isinstance(rps, bool) or not isinstance(rps, int | float) or not math.isfinite(rps) or rps <= 0
+        ):
+            raise InvalidRequest(f"rps must be a number > 0 (or null: no limit), got {rps!r}")
+        limit = None if rps is None else float(rps)
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            previous = model.rate_limit_rps
+            model.rate_limit_rps, model.updated_at = limit, db.utcnow()
+            self._event(session, ctx, name, "rate_limit", reason=reason, details={"rps": limit, "previous": previous})
+            session.flush()
+            if apply is not None:
+                apply(name, limit)
+            return {"modelName": name, "rateLimitRps": limit}
 
     # ------------------------------------------------------------------ history
 

@@ -82,6 +82,7 @@ def deploy(airflow, model):
             "model_name": model,
             "source": str(example / "saved_model"),
             "golden_path": str(example / "golden.json"),
+            "strategy": "all_at_once",  # gray releases: test_gray_release.py
         }
         triggered = airflow.trigger(DAG, conf={**body, **conf})
         final = airflow.wait_for_run(DAG, triggered["dag_run_id"], timeout=600)

@@ -10,6 +10,7 @@ connection, and another fails any serving step that would build a real pool or r
 from __future__ import annotations
 
 import datetime as dt
+import math
 import secrets
 import shutil
 import socket
@@ -26,6 +27,7 @@ from airflow.sdk.bases.operator import ExecutorSafeguard
 
 from tfdeploy.core.errors import (
     Conflict,
+    InvalidRequest,
     LockHeld,
     LostRace,
     NotFound,
@@ -37,10 +39,11 @@ from tfdeploy.core.manifest import encode_manifest, manifest_sha256
 from tfdeploy.core.models_config import ServedModel, build_model_config
 from tfdeploy.core.states import ModelState, check_transition
 from tfdeploy.hooks.model_store import PublishResult
-from tfdeploy.hooks.registry import HealthRecord, Lease, LockInfo, ModelRecord, VersionRecord
+from tfdeploy.hooks.registry import HealthRecord, Lease, LockInfo, ModelRecord, Traffic, VersionRecord
 from tfdeploy.notifiers import DeploymentAlertNotifier
 from tfdeploy.operators import base as base_module
 from tfdeploy.operators import lock as lock_module
+from tfdeploy.registry.service import HEALTH
 from tfdeploy.services.serving_target import ConfigChange, label_phases, with_entry
 
 MODEL = "demo_regressor"
@@ -167,8 +170,9 @@ class Write:
 class FakeRegistry:
     """The registry's behaviour as the operators see it through ``RegistryHook``: the state machine
     (``check_transition``), production superseding on promotion, ``expected`` (LostRace), locks (LockHeld),
-    NotFound for unknown models/versions. Every write is appended to ``writes``; ``fail[method] = exc``
-    makes that method raise."""
+    NotFound for unknown models/versions, the health statuses it knows (InvalidRequest otherwise), a gray
+    release's traffic split and its controls (``traffic``: model -> ``Traffic``; a new canary starts afresh).
+    Every write is appended to ``writes``; ``fail[method] = exc`` makes that method raise."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str, int | None, str, dict]] = []
@@ -177,6 +181,8 @@ class FakeRegistry:
         self.locks: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str, str], int] = {}
         self.health: list[tuple[str, HealthRecord]] = []
+        self.traffic: dict[str, Traffic] = {}
+        self.rate_limits: dict[str, float | None] = {}
         self.writes: list[Write] = []
         self.reads: list[tuple[str, str]] = []
         self.fail: dict[str, BaseException] = {}
@@ -377,6 +383,8 @@ class FakeRegistry:
         self, model: str, *, version: int, target: str, status: str, details: dict | None = None, context: Any
     ) -> HealthRecord:
         self._check("record_health")
+        if status not in HEALTH:  # as the registry answers (422)
+            raise InvalidRequest(f"unknown health status {status!r}; use one of {', '.join(sorted(HEALTH))}")
         record = HealthRecord(version, target, status, dict(details or {}), utcnow())
         self.health.append((model, record))
         self._write("record_health", model, version=version, target=target, status=status, context=dict(context))
@@ -399,6 +407,94 @@ class FakeRegistry:
     def latest_health(self, model: str, *, limit: int = 1) -> list[HealthRecord]:
         self._check("latest_health")
         return [r for m, r in reversed(self.health) if m == model][:limit]
+
+    # ---------------------------------------------------------------- gray releases: traffic split and controls
+
+    def set_traffic(
+        self,
+        model: str,
+        *,
+        stable_version: int | None,
+        canary_version: int | None,
+        canary_weight: int,
+        reason: str,
+        context: Any,
+    ) -> Traffic:
+        self._check("set_traffic")
+        if isinstance(canary_weight, bool) or not isinstance(canary_weight, int) or not 0 <= canary_weight <= 100:
+            raise InvalidRequest(f"canaryWeight must be an integer percentage in 0..100, got {canary_weight!r}")
+        if canary_weight > 0 and canary_version is None:
+            raise InvalidRequest(f"canaryWeight {canary_weight} needs a canaryVersion")
+        if canary_version is not None and canary_version == stable_version:
+            raise InvalidRequest(f"canaryVersion and stableVersion are both {canary_version}")
+        before = self.traffic.get(model)
+        fresh = before is None or canary_version is None or canary_version != before.canary_version
+        weight = canary_weight if canary_version is not None else 0
+        traffic = Traffic(
+            stable_version=stable_version,
+            stable_weight=100 - weight if stable_version is not None else 0,
+            canary_version=canary_version,
+            canary_weight=weight,
+            paused=False if fresh or before is None else before.paused,
+            pending_action=None if fresh or before is None else before.pending_action,
+            updated_at=utcnow(),
+            updated_by=context["actor"],
+        )
+        self.traffic[model] = traffic
+        self._write(
+            "set_traffic",
+            model,
+            stable_version=stable_version,
+            canary_version=canary_version,
+            canary_weight=canary_weight,
+            reason=reason,
+            context=dict(context),
+        )
+        return traffic
+
+    def get_traffic(self, model: str) -> Traffic:
+        self._check("get_traffic")
+        self.reads.append(("get_traffic", model))
+        return self.traffic.get(model) or Traffic(
+            stable_version=self.production_version(model),
+            stable_weight=100,
+            canary_version=None,
+            canary_weight=0,
+            paused=False,
+            pending_action=None,
+            updated_at=None,
+        )
+
+    def release_control(self, model: str, action: str, *, reason: str, context: Any = None) -> Traffic:
+        """An operator's pause / resume / promote / abort (Conflict when no release is in progress)."""
+        self._check("release_control")
+        if action not in ("pause", "resume", "promote", "abort"):
+            raise InvalidRequest(f"unknown action {action!r}")
+        traffic = self.traffic.get(model)
+        if traffic is None or traffic.canary_version is None:
+            raise Conflict(f"no release of {model} is in progress (its traffic has no canary): nothing to {action}")
+        if action in ("promote", "abort"):
+            traffic = replace(traffic, pending_action=action)
+        else:
+            traffic = replace(traffic, paused=action == "pause")
+        self.traffic[model] = traffic
+        self._write("release_control", model, action=action, reason=reason, context=dict(context or {}))
+        return traffic
+
+    def clear_pending_action(self, model: str, *, context: Any, expected: str | None = None) -> None:
+        self._check("clear_pending_action")
+        traffic = self.traffic.get(model)
+        if traffic is None or traffic.pending_action is None:
+            return
+        if expected is not None and traffic.pending_action != expected:
+            raise Conflict(f"the pending action of {model}'s release is now {traffic.pending_action}, not {expected}")
+        self.traffic[model] = replace(traffic, pending_action=None)
+        self._write("clear_pending_action", model, cleared=traffic.pending_action, context=dict(context))
+
+    def set_rate_limit(self, model: str, rps: float | None, *, reason: str, context: Any) -> None:
+        self._check("set_rate_limit")
+        self.rate_limits[model] = rps
+        self._write("set_rate_limit", model, rps=rps, reason=reason, context=dict(context))
 
     # ---------------------------------------------------------------- the deployment lock
 
@@ -608,14 +704,22 @@ def canary() -> FakeService:
 
 
 class FakeRouter:
-    """``RouterHook``'s candidates map as a dict (``routes``: ``{"<model>/<version>": "canary"}``). Every call
-    is appended to ``calls`` (``(method, *args)``); ``fail`` (a ``RouterError``) makes every method raise
+    """``RouterHook``'s maps as dicts: ``routes`` (candidates: ``{"<model>/<version>": "canary"}``),
+    ``weight_map`` (a gray release's ``{model: percent}``, 0 absent) and ``limit_map`` (``{model: rps}``). Every
+    call is appended to ``calls`` (``(method, *args)``); ``fail`` (a ``RouterError``) makes every method raise
     before it changes anything, as the real hook does when the router cannot be reached."""
+
+    socket_path = "/run/tfdeploy/haproxy.sock"
 
     def __init__(self) -> None:
         self.routes: dict[str, str] = {}
+        self.weight_map: dict[str, int] = {}
+        self.limit_map: dict[str, int] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.fail: RouterError | None = None
+
+    def map_path(self, name: str) -> Path:
+        return Path(f"/state/haproxy/{name}.map")
 
     def _call(self, *call: Any) -> None:
         self.calls.append(call)
@@ -632,10 +736,35 @@ class FakeRouter:
 
     def unroute_candidates(self, model: str) -> list[str]:
         self._call("unroute_candidates", model)
+        self.weight_map.pop(model, None)  # as the real hook: the gray-release weight goes to 0 first
         keys = [key for key in self.routes if key.startswith(f"{model}/")]
         for key in keys:
             del self.routes[key]
         return keys
+
+    def weights(self) -> dict[str, int]:
+        self._call("weights")
+        return dict(self.weight_map)
+
+    def set_weight(self, model: str, percent: int) -> None:
+        self._call("set_weight", model, percent)
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise ValueError(f"a weight is a whole percent 0-100, got {percent!r}")
+        if percent:
+            self.weight_map[model] = percent
+        else:
+            self.weight_map.pop(model, None)
+
+    def limits(self) -> dict[str, int]:
+        self._call("limits")
+        return dict(self.limit_map)
+
+    def set_limit(self, model: str, rps: float | None) -> None:
+        self._call("set_limit", model, rps)
+        if rps is None:
+            self.limit_map.pop(model, None)
+        else:
+            self.limit_map[model] = max(1, math.ceil(rps))
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ def context(**xcoms: Any) -> dict:
 
 
 ROLLOUT = {"model": MODEL, "version": 2, "target": TARGET, "stable": 1}
+GRAY = {"model": MODEL, "version": 2, "steps": [], "outcome": "passed"}  # the gray release passed
 
 
 def smoke_failed(registry: FakeRegistry, service: FakeService, canary: FakeService, router: FakeRouter) -> dict:
@@ -82,7 +83,7 @@ def promote_failed(
         canary.serve(2, canary=2)
         router.routes[f"{MODEL}/2"] = "canary"
     service.serve(1, 2, stable=2)
-    return context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2})
+    return context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, gray_release=GRAY)
 
 
 def canary_cleaned(canary: FakeService, router: FakeRouter) -> None:
@@ -249,7 +250,7 @@ def test_restore_keeps_no_version_above_the_one_restored(
     service.serve(1, 2, 3, stable=2)  # a v3 left over in the stable pool
 
     result = Rollback(registry, service, canary, router).execute(
-        context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2})
+        context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, gray_release=GRAY)
     )
 
     assert result["served"] == [1]
@@ -266,7 +267,12 @@ def test_restore_keeps_older_versions(
     service.serve(1, 2, 3, stable=3)
 
     result = Rollback(registry, service, canary, router).execute(
-        context(export=exported(3), rollout={**ROLLOUT, "version": 3, "stable": 2}, smoke={"version": 3})
+        context(
+            export=exported(3),
+            rollout={**ROLLOUT, "version": 3, "stable": 2},
+            smoke={"version": 3},
+            gray_release={**GRAY, "version": 3},
+        )
     )
 
     assert result["served"] == [1, 2]
@@ -299,7 +305,7 @@ def test_failed_first_promotion_empties_the_stable_pool(
     service.serve(2, stable=2)  # promote loaded it, then failed
 
     result = Rollback(registry, service, canary, router).execute(
-        context(export=exported(2), rollout={**ROLLOUT, "stable": None}, smoke={"version": 2})
+        context(export=exported(2), rollout={**ROLLOUT, "stable": None}, smoke={"version": 2}, gray_release=GRAY)
     )
 
     assert (result["restored"], result["served"], result["failed_step"]) == (None, [], "promote")
@@ -441,7 +447,7 @@ def test_unknown_failed_step(
     registry: FakeRegistry, service: FakeService, canary: FakeService, router: FakeRouter
 ) -> None:
     smoke_failed(registry, service, canary, router)
-    ctx = context(export=exported(2), rollout=ROLLOUT, smoke={}, promote={})
+    ctx = context(export=exported(2), rollout=ROLLOUT, smoke={}, gray_release={}, promote={})
     rb = Rollback(registry, service, canary, router)
 
     assert rb.execute(ctx)["failed_step"] == "unknown"
@@ -475,7 +481,7 @@ def test_previous_unloaded_by_a_failed_promotion_is_staged_again(
     service.serve(2, stable=2)
 
     result = Rollback(registry, service, canary, router).execute(
-        context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2})
+        context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, gray_release=GRAY)
     )
 
     assert result["served"] == [1]
