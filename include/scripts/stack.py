@@ -879,6 +879,17 @@ def router_config(s: Settings) -> str:
                     f'string "{{\\"error\\": \\"{message}\\"}}" '
                     f"if {{ var(txn.priority) -m str {priority} }}{on_side} {{ queue({backend}) ge {queued} }}"
                 )
+            # the last QOS_LOW_RESERVE free slots of the pool are kept for normal and high priority: a high call
+            # then rarely waits behind a low one already running
+            message = (
+                f"overloaded: low-priority requests are refused while {s.qos_low_reserve} or fewer slots are free; "
+                "retry after a second, or send X-Priority: high"
+            )
+            lines.append(
+                "    http-request return status 429 content-type application/json hdr Retry-After 1 "
+                f'string "{{\\"error\\": \\"{message}\\"}}" '
+                f"if {{ var(txn.priority) -m str low }}{on_side} {{ be_conn_free({backend}) le {s.qos_low_reserve} }}"
+            )
         return "\n".join(lines)
 
     stable_rest, stable_grpc = servers("replica", s.replica_rest_port, s.replica_grpc_port, s.stable_replicas)
@@ -930,8 +941,9 @@ frontend serving_rest
     # per-model rate limit (limits map, requests/s over the last second): 429 before anything queues
     http-request track-sc0 var(txn.model) table rates if model_call
     http-request set-var(txn.limit) var(txn.model),map({router_map(s, "limits")},0) if model_call
-    http-request set-var(txn.over_limit) sc_http_req_rate(0),sub(txn.limit) if {{ var(txn.limit) -m int gt 0 }}
-    {rate_limited} if {{ var(txn.over_limit) -m int gt 0 }}
+    http-request set-var(txn.over_limit) sc_gpc0_rate(0),sub(txn.limit) if {{ var(txn.limit) -m int gt 0 }}
+    {rate_limited} if {{ var(txn.over_limit) -m int ge 0 }}
+    http-request sc-inc-gpc0(0) if {{ var(txn.limit) -m int gt 0 }}
     # the side: the canary pool for /labels/canary, for /versions/<v> of a candidate, and for a gray release's
     # share of unversioned inference calls (weights map, percent; X-Route-Key pins a caller to one side)
     http-request set-var(txn.side) str(stable)
@@ -944,11 +956,12 @@ frontend serving_rest
     http-request set-var(txn.bucket) {route_key_bucket} if infer {{ req.hdr(X-Route-Key) -m found }}
     http-request set-var(txn.gray) var(txn.bucket),sub(txn.weight) if infer
     http-request set-var(txn.side) str(canary) if infer {{ var(txn.gray) -m int lt 0 }}
-    # per model and side counters of unversioned inference calls, which judge a gray release's steps
+{qos({"stable": "local_rest", "canary": "local_canary_rest"})}
+    # per model and side counters of unversioned inference calls, which judge a gray release's steps (after
+    # the shedding above: a refused call is neither side's)
     http-request set-var(txn.tracked) var(txn.model),concat(/,txn.side) if infer
     http-request track-sc1 var(txn.tracked) table traffic if infer
-{qos({"stable": "local_rest", "canary": "local_canary_rest"})}
-    http-after-response set-header X-Served-By %[var(txn.side)] if {{ var(txn.side) -m found }}
+    http-response set-header X-Served-By %[var(txn.side)] if {{ var(txn.side) -m found }}
     use_backend local_canary_rest if {{ var(txn.side) -m str canary }}
     default_backend local_rest
 
@@ -972,7 +985,7 @@ frontend router_stats
     stats refresh 5s
 
 backend rates
-    stick-table type string len 128 size 10k expire 10s store http_req_rate(1s)
+    stick-table type string len 128 size 10k expire 10s store gpc0_rate(1s)
 
 backend traffic
     stick-table type string len 160 size 10k expire 24h store http_req_cnt,http_err_cnt,http_fail_cnt

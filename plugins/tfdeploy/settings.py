@@ -138,11 +138,13 @@ class Settings:
     stable_replicas: int = field(default_factory=lambda: _count("SERVING_STABLE_REPLICAS", 2, 1, 5))
     # QoS at the router (README "Traffic"): each replica takes at most SERVING_MAXCONN requests at once, the
     # rest wait in the router's queue by priority class (X-Priority: high, normal, low); low-priority requests
-    # are refused (503, Retry-After) while QOS_LOW_QUEUE or more wait for that pool, normal ones while
-    # QOS_NORMAL_QUEUE or more wait; high ones are never shed, only queued (first) up to `timeout queue`.
+    # are refused (429, Retry-After) while QOS_LOW_QUEUE or more wait for that pool or only QOS_LOW_RESERVE
+    # slots are free, normal ones while QOS_NORMAL_QUEUE or more wait; high ones are never shed, only queued
+    # (first) up to `timeout queue`.
     serving_maxconn: int = field(default_factory=lambda: _count("SERVING_MAXCONN", 16, 1, 10000))
     qos_low_queue: int = field(default_factory=lambda: _count("QOS_LOW_QUEUE", 1, 1, 100000))
     qos_normal_queue: int = field(default_factory=lambda: _count("QOS_NORMAL_QUEUE", 64, 1, 100000))
+    qos_low_reserve: int = field(default_factory=lambda: _count("QOS_LOW_RESERVE", 1, 0, 100000))
     serving_container_prefix: str = field(default_factory=lambda: _profile().container_prefix)
 
     @property

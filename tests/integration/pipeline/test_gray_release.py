@@ -275,3 +275,26 @@ def test_bad_strategy_params_are_refused(deploy, airflow, api, model, examples):
     assert last_event_id(api, model) == before  # nothing changed
     log = airflow.request("GET", f"/api/v2/dags/{DAG}/dagRuns/{final['dag_run_id']}/taskInstances/plan_release/logs/1")
     assert "steps must rise strictly" in json.dumps(log)
+
+
+def test_a_rate_limit_set_in_the_registry_is_applied_by_the_router(api, model, released):
+    url = f"{REST}/v1/models/{model}:predict"
+    body = {"instances": [[0.5, 0.0, 0.0, 0.0]]}
+    api("PUT", f"/models/{model}/rate-limit", json={"rps": 5, "reason": "protect the shared replicas"})
+    try:
+        assert api("GET", f"/models/{model}")["rateLimitRps"] == 5
+        with requests.Session() as session:
+            session.trust_env = False
+            answers = [session.post(url, json=body, timeout=10) for _ in range(30)]
+        codes = [a.status_code for a in answers]
+        assert codes[:5] == [200] * 5 and 429 in codes, codes
+        refused = next(a for a in answers if a.status_code == 429)
+        assert refused.headers["Retry-After"] == "1" and "rate limit" in refused.json()["error"]
+        history = api("GET", f"/models/{model}/history", params={"kind": "rate_limit", "limit": 5})["events"]
+        assert history[0]["details"]["rps"] == 5
+    finally:
+        api("PUT", f"/models/{model}/rate-limit", json={"rps": None, "reason": "test over"})
+    time.sleep(1.1)  # the router counts the last second
+    with requests.Session() as session:
+        session.trust_env = False
+        assert all(session.post(url, json=body, timeout=10).status_code == 200 for _ in range(20))
