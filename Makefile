@@ -9,7 +9,7 @@ DEV := TFDEPLOY_STACK=dev
 TEST := TFDEPLOY_STACK=test
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test-status demo test test-unit test-integration lint images serving-image
+.PHONY: help setup up down status test-status demo test test-unit test-integration lint images serving-image diagnose
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -17,7 +17,7 @@ help:  ## list the targets
 setup:  ## install everything (Debian packages, venv, Hadoop jars, Docker engine, images); fast when done
 	@./include/scripts/setup.sh
 
-up: setup  ## start HDFS, the Docker engine and Airflow on 127.0.0.1 (your stack), waiting until each is ready
+up: setup  ## start HDFS, the Docker engine, PostgreSQL, the router, Prometheus, Alertmanager and Airflow on 127.0.0.1 (your stack), waiting until each is ready
 	@$(DEV) $(STACK) up
 
 down:  ## stop every service this checkout started (your stack and the test stack), by PID
@@ -34,6 +34,9 @@ test-status:  ## the same for the test stack that `make test` started
 
 demo: up  ## bring the stack up and run the main job end to end, then print where to look
 	@$(DEV) $(PY) include/scripts/demo.py
+
+diagnose:  ## collect a diagnosis bundle of MODEL=<name> (REASON=...) onto HDFS through the model_diagnose DAG (your stack)
+	@$(DEV) $(PY) include/scripts/diagnose.py --model "$(MODEL)" --reason "$(REASON)"
 
 test: setup  ## start the test stack (its own state and ports) and run the whole test suite against it
 	@$(TEST) $(STACK) up

@@ -1,6 +1,6 @@
 """model_deploy: takes a trained TensorFlow model to production safely, and backs it out when it misbehaves.
 
-plan_release -> acquire_lock -> export (HDFS) -> register -> validate -> rollout (canary pool) -> smoke
+plan_release -> acquire_lock -> export (HDFS) -> register -> validate -> rollout (canary pool) -> smoke -> approval
     -> gray_release (weighted steps at the router, each baked and judged by live metrics) -> promote
     rollback (if rollout, smoke, gray_release or promote failed); release_gate (fails the run unless
     promoted), release_lock
@@ -18,6 +18,7 @@ from typing import Any
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from tfdeploy.core.names import MODEL_NAME_PATTERN
+from tfdeploy.operators.approval import ReleaseApprovalOperator
 from tfdeploy.operators.export import ExportModelOperator
 from tfdeploy.operators.gate import ReleaseGateOperator
 from tfdeploy.operators.gray_release import GrayReleaseOperator
@@ -114,6 +115,15 @@ with DAG(
             "extend", enum=["extend", "fail"], description="too few requests at the end of a bake: bake again or fail"
         ),
         "max_extensions": Param(2, type="integer", minimum=0, maximum=20, description="extra bakes for low traffic"),
+        "require_approval": Param(
+            False,
+            type="boolean",
+            description="wait for a human to approve after smoke, before any production traffic moves (the "
+            "registry can require it per model)",
+        ),
+        "approval_timeout_seconds": Param(
+            3600, type="integer", minimum=1, maximum=7 * 86400, description="no answer within this rejects"
+        ),
     },
 ) as dag:
     target: dict[str, Any] = {
@@ -122,6 +132,7 @@ with DAG(
     }
     plan = ReleasePlanOperator(
         task_id="plan_release",
+        model_name=MODEL,
         strategy="{{ params.strategy }}",
         options={name: f"{{{{ params.{name} }}}}" for name in PLAN_FIELDS if name != "strategy"},
     )
@@ -152,6 +163,12 @@ with DAG(
         max_latency_ratio="{{ params.max_latency_ratio }}",
         **target,
     )
+    approval = ReleaseApprovalOperator(
+        task_id="approval",
+        model_name=MODEL,
+        require_approval="{{ params.require_approval }}",
+        timeout_seconds="{{ params.approval_timeout_seconds }}",
+    )
     gray = GrayReleaseOperator(
         task_id="gray_release", model_name=MODEL, plan="{{ ti.xcom_pull(task_ids='plan_release') }}", **target
     )
@@ -165,7 +182,7 @@ with DAG(
     gate = ReleaseGateOperator(task_id="release_gate", model_name=MODEL)
     release = ReleaseLockOperator(task_id="release_lock", model_name=MODEL)
 
-    plan >> lock >> export >> register >> validate >> rollout >> smoke >> gray >> promote
-    [rollout, smoke, gray, promote] >> rollback
+    plan >> lock >> export >> register >> validate >> rollout >> smoke >> approval >> gray >> promote
+    [rollout, smoke, approval, gray, promote] >> rollback
     [promote, rollback] >> gate
     [promote, rollback] >> release

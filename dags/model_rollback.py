@@ -23,13 +23,20 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    # an operational DAG: active from the start (alerts and the health checks start it without anyone unpausing)
+    is_paused_upon_creation=False,
     tags=["tfdeploy", "operations"],
     doc_md=__doc__,
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=10)},
     render_template_as_native_obj=True,
     params={
         "model_name": Param("demo_regressor", type="string", pattern=MODEL_NAME_PATTERN),
-        "version": Param(1, type="integer", minimum=1, description="the earlier version to serve again"),
+        "version": Param(
+            1,
+            type=["null", "integer"],
+            minimum=1,
+            description="the earlier version to serve again (empty: the one in production before the current)",
+        ),
         "reason": Param("", type="string", minLength=3, description="why (recorded in the registry)"),
         "serving_target": Param("local", enum=["local"]),
         "serving_image": Param("", type="string", description="empty: SERVING_IMAGE"),

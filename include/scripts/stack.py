@@ -1,4 +1,5 @@
-"""Start, stop and report the local stack: HDFS (NameNode + DataNode), dockerd, PostgreSQL, Airflow.
+"""Start, stop and report the local stack: HDFS (NameNode + DataNode), dockerd, PostgreSQL, the router (HAProxy),
+Prometheus and Alertmanager, Airflow.
 
 Every service binds 127.0.0.1, logs to ``$TFDEPLOY_STATE_DIR/logs/<name>.log``, records its PID in
 ``$TFDEPLOY_STATE_DIR/run/<name>.pid`` and is stopped by that PID (its whole process tree).
@@ -14,6 +15,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -314,6 +316,7 @@ def _hdfs_bootstrap_dirs(s: Settings) -> None:
         ("/tmp", "root", "1777"),
         (f"/user/{s.hdfs_user}", s.hdfs_user, "755"),
         ("/models", s.hdfs_user, "755"),
+        ("/diagnostics", s.hdfs_user, "755"),  # diagnosis bundles (plugins/tfdeploy/services/diagnosis.py)
     ):
         urllib.request.urlopen(_webhdfs(s, "PUT", path, "MKDIRS", "root"), timeout=5)
         urllib.request.urlopen(_webhdfs(s, "PUT", path, "SETOWNER", "root", owner=owner), timeout=5)
@@ -400,6 +403,12 @@ def up_docker(s: Settings) -> None:
     _wait("dockerd", lambda: _docker_ping(s), 60, _log_file(s, "dockerd"), pid)
 
 
+# Labels of the serving containers the pipeline starts (tfdeploy/hooks/serving_host.py LABEL_MANAGED,
+# LABEL_MODEL_ROOT): `down` removes this stack's, Prometheus scrapes this stack's.
+SERVING_LABEL_MANAGED = "tfdeploy.serving.managed"
+SERVING_LABEL_MODEL_ROOT = "tfdeploy.serving.model-root"
+
+
 def owns_model_root(s: Settings, root: str) -> bool:
     """Whether a serving container's model-root label lies under this stack's state directory. Compared
     path component by path component, so `.state` does not take `.state-test/...` (the test stack's, a
@@ -423,8 +432,8 @@ def stop_serving_containers(s: Settings) -> list[str]:
         return []
     removed = []
     try:
-        for container in client.containers.list(all=True, filters={"label": "tfdeploy.serving.managed=true"}):
-            if owns_model_root(s, container.labels.get("tfdeploy.serving.model-root", "")):
+        for container in client.containers.list(all=True, filters={"label": f"{SERVING_LABEL_MANAGED}=true"}):
+            if owns_model_root(s, container.labels.get(SERVING_LABEL_MODEL_ROOT, "")):
                 container.remove(force=True)
                 removed.append(container.name)
     finally:
@@ -646,8 +655,12 @@ def status_postgres(s: Settings) -> str:
 # ----------------------------------------------------------------------------- Airflow
 
 
+def _secret_path(s: Settings, name: str) -> Path:
+    return s.state_dir / "secrets" / name
+
+
 def _secret(s: Settings, name: str, make: Callable[[], str]) -> str:
-    path = s.state_dir / "secrets" / name
+    path = _secret_path(s, name)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(make())
@@ -655,11 +668,16 @@ def _secret(s: Settings, name: str, make: Callable[[], str]) -> str:
     return path.read_text().strip()
 
 
+def _registry_token(s: Settings) -> str:
+    """The registry's machine token (Airflow's REGISTRY_API_TOKEN; Alertmanager reads the same file)."""
+    return _secret(s, "registry_api_token", lambda: secrets.token_urlsafe(32))
+
+
 def airflow_env(s: Settings) -> dict[str, str]:
     """Environment of every Airflow component (and of tests that import Airflow)."""
     from base64 import urlsafe_b64encode
 
-    registry_token = _secret(s, "registry_api_token", lambda: secrets.token_urlsafe(32))
+    registry_token = _registry_token(s)
     return {
         "AIRFLOW_HOME": str(s.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
@@ -723,6 +741,26 @@ def airflow_env(s: Settings) -> dict[str, str]:
         ),
         "AIRFLOW_CONN_SERVING_HOST_LOCAL": json.dumps(
             {"conn_type": "tfdeploy_serving_host", "host": s.docker_host, "extra": {"tls_verify": False}}
+        ),
+        # alert mail (MailAlertNotifier, Airflow's SmtpNotifier): an SMTP server on 127.0.0.1:SMTP_PORT, none by
+        # default (the tests start one); plain SMTP on loopback, no TLS
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": s.smtp_port,
+                "extra": {
+                    "disable_tls": True,
+                    "disable_ssl": True,
+                    "from_email": s.alert_email_from,
+                    "timeout": 10,
+                    "retry_limit": 1,
+                },
+            }
+        ),
+        # The stack's Prometheus (PrometheusHook: live rates and latencies, series for diagnosis bundles).
+        "AIRFLOW_CONN_PROMETHEUS_DEFAULT": json.dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "port": s.prometheus_port}
         ),
         "DOCKER_HOST": s.docker_host,
         "TFDEPLOY_STACK": s.stack,
@@ -1068,6 +1106,254 @@ def status_router(s: Settings) -> str:
         return f"not answering on {s.run_dir / 'haproxy.sock'} ({exc.__class__.__name__})"
 
 
+# ----------------------------------------------------------------------------- monitoring (Prometheus, Alertmanager)
+
+MONITORING_DIR = PROJECT_ROOT / "include" / "monitoring"
+SERVING_METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's, as serving_host.MONITORING_CONFIG sets it
+SERVING_CONTAINER_REST_PORT = 8501  # inside the serving containers (serving_host.REST_PORT)
+SCRAPE_INTERVAL = "5s"  # Prometheus' default (1 min) is too slow for alerts within a minute
+EVALUATION_INTERVAL = "5s"
+
+
+def _docker_meta_label(label: str) -> str:
+    """The meta label docker_sd_configs gives a container label (invalid characters become underscores)."""
+    return "__meta_docker_container_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", label)
+
+
+def _re2_literal(text: str) -> str:
+    """``text`` as a literal in an RE2 regular expression (Prometheus' relabelling)."""
+    return re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", text)
+
+
+def _replica_router_names(s: Settings) -> list[tuple[str, str, str]]:
+    """(container, router backend, router server) of each replica the pipeline runs for the `local` target: the
+    names of tfdeploy/services/targets.py and of router_config's backends."""
+    stable = f"{s.serving_container_prefix}-local"
+    names = [(stable if i == 0 else f"{stable}-{i}", "local_rest", f"replica{i + 1}") for i in range(s.stable_replicas)]
+    return [*names, (f"{stable}-canary", "local_canary_rest", "canary1")]
+
+
+def serving_relabel_configs(s: Settings) -> list[dict[str, Any]]:
+    """Docker service discovery -> scrape targets: this stack's serving replicas only (their model root lies under
+    this stack's state directory, so the dev and test stacks never scrape each other's), each scraped on the host
+    port its container's REST port (8501) is published on, labelled container, pool (stable|canary, from the
+    model root: the canary pool's ends in -canary), replica (the container name's -<n>, else 0), serving_target
+    (the model root's directory name without -canary) and, for the pipeline's own replicas, router_backend and
+    router_server (its name at the router)."""
+    root = _docker_meta_label(SERVING_LABEL_MODEL_ROOT)
+    state = os.path.normpath(str(s.state_dir)).rstrip(os.sep)
+    rules: list[dict[str, Any]] = [
+        {"source_labels": [root], "regex": f"{_re2_literal(state)}/.+", "action": "keep"},
+        {"source_labels": ["__meta_docker_port_private"], "regex": str(SERVING_CONTAINER_REST_PORT), "action": "keep"},
+        {"source_labels": ["__meta_docker_port_public"], "regex": ".+", "action": "keep"},
+        {
+            "source_labels": ["__meta_docker_port_public"],
+            "target_label": "__address__",
+            "replacement": "127.0.0.1:$1",
+        },
+        {"source_labels": ["__meta_docker_container_name"], "regex": "/?(.+)", "target_label": "container"},
+        {"target_label": "pool", "replacement": "stable"},
+        {"source_labels": [root], "regex": ".*-canary", "target_label": "pool", "replacement": "canary"},
+        {"source_labels": [root], "regex": ".*/([^/]+?)(-canary)?", "target_label": "serving_target"},
+        {"target_label": "replica", "replacement": "0"},
+        {"source_labels": ["container"], "regex": ".+-([0-9]+)", "target_label": "replica"},
+    ]
+    for container, backend, server in _replica_router_names(s):
+        for label, value in (("router_backend", backend), ("router_server", server)):
+            rules.append(
+                {
+                    "source_labels": ["container"],
+                    "regex": _re2_literal(container),
+                    "target_label": label,
+                    "replacement": value,
+                }
+            )
+    return rules
+
+
+def prometheus_config(s: Settings) -> str:
+    """Prometheus' configuration (prometheus.yml): 5 s scrape and evaluation; scrapes this stack's serving
+    replicas (found through the Docker engine as the pipeline creates and replaces them), the router, the
+    registry, itself and Alertmanager; the rules of include/monitoring/rules.yml; alerts to Alertmanager."""
+    import yaml  # from the venv
+
+    def static(job: str, port: int, path: str = "/metrics") -> dict[str, Any]:
+        return {"job_name": job, "metrics_path": path, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+
+    config = {
+        "global": {
+            "scrape_interval": SCRAPE_INTERVAL,
+            "scrape_timeout": "4s",
+            "evaluation_interval": EVALUATION_INTERVAL,
+            "external_labels": {"stack": s.stack},
+        },
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{s.alertmanager_port}"]}]}]},
+        "rule_files": [str(s.state_dir / "prometheus" / "rules.yml")],
+        "scrape_configs": [
+            static("prometheus", s.prometheus_port),
+            static("alertmanager", s.alertmanager_port),
+            static("router", s.router_stats_port),
+            static("registry", s.airflow_port, "/registry/metrics"),
+            {
+                "job_name": "serving",
+                "metrics_path": SERVING_METRICS_PATH,
+                "docker_sd_configs": [
+                    {
+                        "host": s.docker_host,
+                        "refresh_interval": "5s",
+                        "filters": [{"name": "label", "values": [f"{SERVING_LABEL_MANAGED}=true"]}],
+                    }
+                ],
+                "relabel_configs": serving_relabel_configs(s),
+            },
+        ],
+    }
+    header = "# generated by include/scripts/stack.py (prometheus_config): edit there\n"
+    return header + yaml.safe_dump(config, sort_keys=False, width=120)
+
+
+def alertmanager_config(s: Settings) -> str:
+    """Alertmanager's configuration: every alert, grouped by (alertname, model), to the registry's alert endpoint
+    (POST /registry/v1/alerts), authenticated with the registry's machine token (read from its 0600 file)."""
+    import yaml  # from the venv
+
+    _registry_token(s)  # the file exists before Alertmanager reads it
+    config = {
+        "route": {
+            "receiver": "registry",
+            "group_by": ["alertname", "model"],
+            "group_wait": "5s",
+            "group_interval": "10s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {
+                "name": "registry",
+                "webhook_configs": [
+                    {
+                        "url": f"{s.airflow_url}/registry/v1/alerts",
+                        "send_resolved": True,
+                        "http_config": {
+                            "authorization": {
+                                "type": "Bearer",
+                                "credentials_file": str(_secret_path(s, "registry_api_token")),
+                            }
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    header = "# generated by include/scripts/stack.py (alertmanager_config): edit there\n"
+    return header + yaml.safe_dump(config, sort_keys=False, width=120)
+
+
+def _monitoring_binary(name: str) -> str:
+    path = shutil.which(name) or f"/usr/bin/{name}"
+    if not Path(path).exists():
+        package = "prometheus" if name in ("prometheus", "promtool") else "prometheus-alertmanager"
+        raise StackError(f"{name} is not installed: run `make setup` (installs Debian's {package})")
+    return path
+
+
+def _monitoring_env() -> dict[str, str]:
+    """The caller's environment, with loopback kept off any proxy (webhooks, scrapes)."""
+    return {
+        **os.environ,
+        "NO_PROXY": "127.0.0.1,localhost," + os.environ.get("NO_PROXY", ""),
+        "no_proxy": "127.0.0.1,localhost," + os.environ.get("no_proxy", ""),
+    }
+
+
+def _up_monitoring_process(
+    s: Settings, name: str, files: dict[Path, str], check: list[str], cmd: list[str], port: int, url: str
+) -> None:
+    """Write the generated files, check them (``check``), and (re)start ``cmd`` when it or a file changed; a
+    running process with the same files and command line is left alone. Waits for ``url``/-/ready."""
+    home = s.state_dir / name
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    cmdline = home / "cmdline"
+    wanted = {**files, cmdline: json.dumps(cmd)}
+    pid = running_pid(s, name)
+    changed = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
+    if pid is None or changed:
+        for path, text in wanted.items():
+            path.write_text(text)
+        done = subprocess.run(check, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StackError(f"{Path(check[0]).name} refuses {name}'s configuration:\n{done.stdout}{done.stderr}")
+        if pid is not None:  # its configuration changed: restart it
+            stop_service(s, name)
+        _require_free(s, name.capitalize(), port)
+        pid = _spawn(s, name, cmd, _monitoring_env())
+    _wait(
+        f"{name} ({url}/-/ready)",
+        lambda: urllib.request.urlopen(f"{url}/-/ready", timeout=2).status == 200,
+        60,
+        _log_file(s, name),
+        pid,
+    )
+
+
+def up_alertmanager(s: Settings) -> None:
+    home = s.state_dir / "alertmanager"
+    conf = home / "alertmanager.yml"
+    cmd = [
+        _monitoring_binary("prometheus-alertmanager"),
+        f"--config.file={conf}",
+        f"--storage.path={home / 'data'}",
+        f"--web.listen-address=127.0.0.1:{s.alertmanager_port}",
+        f"--web.external-url={s.alertmanager_url}/",
+        "--cluster.listen-address=",  # a single instance: no gossip port
+    ]
+    check = [_monitoring_binary("amtool"), "check-config", str(conf)]
+    files = {conf: alertmanager_config(s)}
+    _up_monitoring_process(s, "alertmanager", files, check, cmd, s.alertmanager_port, s.alertmanager_url)
+
+
+def up_prometheus(s: Settings) -> None:
+    home = s.state_dir / "prometheus"
+    conf = home / "prometheus.yml"
+    cmd = [
+        _monitoring_binary("prometheus"),
+        f"--config.file={conf}",
+        f"--storage.tsdb.path={home / 'data'}",
+        "--storage.tsdb.retention.time=7d",
+        f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
+        f"--web.external-url={s.prometheus_url}/",
+    ]
+    check = [_monitoring_binary("promtool"), "check", "config", str(conf)]
+    files = {conf: prometheus_config(s), home / "rules.yml": (MONITORING_DIR / "rules.yml").read_text()}
+    _up_monitoring_process(s, "prometheus", files, check, cmd, s.prometheus_port, s.prometheus_url)
+
+
+def status_prometheus(s: Settings) -> str:
+    try:
+        data = _http_json(f"{s.prometheus_url}/api/v1/targets?state=active")
+        assert isinstance(data, dict)
+        jobs: dict[str, list[int]] = {}
+        for target in data["data"]["activeTargets"]:
+            counts = jobs.setdefault(target["labels"].get("job", "?"), [0, 0])
+            counts[0] += target["health"] == "up"
+            counts[1] += 1
+        alerts = _http_json(f"{s.prometheus_url}/api/v1/alerts")
+        assert isinstance(alerts, dict)
+        firing = sum(a["state"] == "firing" for a in alerts["data"]["alerts"])
+        up = ", ".join(f"{job} {n_up}/{n}" for job, (n_up, n) in jobs.items())
+        return f"{s.prometheus_url} targets up: {up or 'none'}; alerts firing: {firing}"
+    except Exception as exc:  # noqa: BLE001
+        return f"not answering at {s.prometheus_url} ({exc.__class__.__name__})"
+
+
+def status_alertmanager(s: Settings) -> str:
+    try:
+        alerts = _http_json(f"{s.alertmanager_url}/api/v2/alerts?active=true&silenced=false&inhibited=false")
+        assert isinstance(alerts, list)
+        return f"{s.alertmanager_url} active alerts: {len(alerts)} (to {s.airflow_url}/registry/v1/alerts)"
+    except Exception as exc:  # noqa: BLE001
+        return f"not answering at {s.alertmanager_url} ({exc.__class__.__name__})"
+
+
 # ----------------------------------------------------------------------------- CLI
 
 SERVICES: dict[str, tuple[Callable[[Settings], None], Callable[[Settings], str], tuple[str, ...]]] = {
@@ -1075,6 +1361,8 @@ SERVICES: dict[str, tuple[Callable[[Settings], None], Callable[[Settings], str],
     "hdfs": (up_hdfs, status_hdfs, ("hdfs-datanode", "hdfs-namenode")),
     "postgres": (up_postgres, status_postgres, ("postgres",)),
     "router": (up_router, status_router, ("router",)),
+    "alertmanager": (up_alertmanager, status_alertmanager, ("alertmanager",)),
+    "prometheus": (up_prometheus, status_prometheus, ("prometheus",)),
     "airflow": (up_airflow, status_airflow, tuple(f"airflow-{c}" for c in reversed(AIRFLOW_COMPONENTS))),
 }
 

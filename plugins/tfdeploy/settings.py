@@ -134,6 +134,10 @@ class Settings:
     canary_replica_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_CANARY_REPLICA_GRPC_PORT", 8520))
     canary_replica_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_CANARY_REPLICA_REST_PORT", 8521))
     router_stats_port: int = field(default_factory=lambda: _stack_port("ROUTER_STATS_PORT", 8404))
+    # Monitoring (README "Monitoring"): Prometheus scrapes the replicas, the router and the registry; its alerts
+    # go to Alertmanager, which posts them to the registry. Both on 127.0.0.1, data in the state directory.
+    prometheus_port: int = field(default_factory=lambda: _stack_port("PROMETHEUS_PORT", 9090))
+    alertmanager_port: int = field(default_factory=lambda: _stack_port("ALERTMANAGER_PORT", 9093))
     # replicas of the stable pool (replica i listens on the replica ports + 2i), rolled one at a time
     stable_replicas: int = field(default_factory=lambda: _count("SERVING_STABLE_REPLICAS", 2, 1, 5))
     # QoS at the router (README "Traffic"): each replica takes at most SERVING_MAXCONN requests at once, the
@@ -146,6 +150,13 @@ class Settings:
     qos_normal_queue: int = field(default_factory=lambda: _count("QOS_NORMAL_QUEUE", 64, 1, 100000))
     qos_low_reserve: int = field(default_factory=lambda: _count("QOS_LOW_RESERVE", 1, 0, 100000))
     serving_container_prefix: str = field(default_factory=lambda: _profile().container_prefix)
+    # Alerts by mail (Airflow's SmtpNotifier through the `smtp_default` Connection, which stack.py writes for an
+    # SMTP server on 127.0.0.1:SMTP_PORT: none runs by default; the tests start one). Empty ALERT_EMAIL_TO: no mail.
+    smtp_port: int = field(default_factory=lambda: _stack_port("SMTP_PORT", 2525))
+    alert_email_to: str = field(
+        default_factory=lambda: os.environ.get("ALERT_EMAIL_TO", "ml-platform@localhost").strip()
+    )
+    alert_email_from: str = field(default_factory=lambda: _env("ALERT_EMAIL_FROM", "tfdeploy@localhost"))
 
     @property
     def ports(self) -> dict[str, int]:
@@ -166,6 +177,8 @@ class Settings:
             "SERVING_CANARY_REPLICA_GRPC_PORT": self.canary_replica_grpc_port,
             "SERVING_CANARY_REPLICA_REST_PORT": self.canary_replica_rest_port,
             "ROUTER_STATS_PORT": self.router_stats_port,
+            "PROMETHEUS_PORT": self.prometheus_port,
+            "ALERTMANAGER_PORT": self.alertmanager_port,
         }
 
     @property
@@ -175,6 +188,14 @@ class Settings:
     @property
     def airflow_url(self) -> str:
         return f"http://{self.airflow_host}:{self.airflow_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self.alertmanager_port}"
 
     @property
     def hdfs_home(self) -> Path:

@@ -3,7 +3,8 @@
 The registry runs standalone in-process on a free loopback port, with data seeded through RegistryService;
 the test checks what a person would: the auth message without a token, the model list and its filters, a
 model's production/canary, the version timeline and its links to Airflow, the gray release's traffic split,
-rate limit and release controls, and saves a full-page screenshot.
+rate limit and release controls, the production version's health and the recent checks, open alerts, the
+settings toggles, freeze/unfreeze and "roll back to version", and saves a full-page screenshot.
 It needs no other service of the stack.
 """
 
@@ -30,6 +31,8 @@ AIRFLOW = "http://airflow.example"
 DAG = "train_fraud_detector"
 RUN_V2 = "manual__2026-11-24T14:05:00+00:00"
 RUN_V3 = "scheduled__2026-11-25T02:00:00+00:00"
+MANUAL_RUN = "manual__2026-12-02T11:00:00+00:00"
+AUTO_RUN = "manual__2026-12-02T10:00:05+00:00"
 ESCAPED_REASON = "<b>accuracy below gate</b> & <script>window.pwned = 1</script>"
 LAUNCH_ARGS = [
     "--headless",
@@ -41,6 +44,18 @@ LAUNCH_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def _alert(name: str, severity: str, status: str, summary: str, starts: str) -> dict:
+    return {
+        "fingerprint": f"fp-{name}",
+        "status": status,
+        "labels": {"alertname": name, "severity": severity, "model": "fraud-detector"},
+        "annotations": {"summary": summary},
+        "starts_at": starts,
+        "ends_at": "2026-12-01T08:05:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
+        "generator_url": "http://127.0.0.1:9090/graph",
+    }
 
 
 def _seed(service: RegistryService) -> None:
@@ -79,6 +94,20 @@ def _seed(service: RegistryService) -> None:
     service.set_deployment("fraud-detector", "tfserving-prod", "canary", 3, by("alice", RUN_V3, "deploy_canary"))
     service.record_health("fraud-detector", 3, "tfserving-prod", "degraded", by("monitor", interface="schedule"))
     service.record_health("fraud-detector", 2, "tfserving-prod", "healthy", by("monitor", interface="schedule"))
+    # the canary failed its smoke test: its own record, the model stays healthy (its production version is)
+    service.record_health(
+        "fraud-detector", 3, "tfserving-prod", "unhealthy", by("smoke"), {"problems": ["noisy answers: 2 of 8"]}
+    )
+    service.set_settings("fraud-detector", by("alice", interface="ui"), auto_rollback_on_failing=True, reason="on call")
+    service.receive_alerts(
+        [
+            _alert("ModelFailing", "critical", "firing", "v2 answers wrongly", "2026-12-02T10:00:00Z"),
+            _alert("P99OverBudget", "warning", "resolved", "p99 380 ms", "2026-12-01T08:00:00Z"),
+        ],
+        Actor("api-token", "api-token", "rest_api"),
+        receiver="tfdeploy-registry",
+        starter=lambda model, reason: AUTO_RUN,
+    )
     service.set_traffic(
         "fraud-detector",
         by("alice", RUN_V3, "shift_traffic"),
@@ -107,12 +136,25 @@ def _seed(service: RegistryService) -> None:
 
 
 @pytest.fixture
-def registry_url(tmp_path: Path) -> Iterator[str]:
+def rollbacks() -> list[tuple[str, int, str]]:
+    """The page's "roll back to version" calls the plugin's starter would have turned into model_rollback runs."""
+    return []
+
+
+@pytest.fixture
+def registry_url(tmp_path: Path, rollbacks: list) -> Iterator[str]:
     db_url = f"sqlite:///{tmp_path / 'registry.db'}"
     service = RegistryService(db_url)
     service.migrate()
     _seed(service)
-    app = create_app(RegistryConfig(db_url=db_url, api_token=TOKEN, airflow_url=AIRFLOW))
+
+    def start_rollback_to(model: str, version: int, reason: str) -> str:
+        rollbacks.append((model, version, reason))
+        return MANUAL_RUN
+
+    app = create_app(
+        RegistryConfig(db_url=db_url, api_token=TOKEN, airflow_url=AIRFLOW), rollback_starter_to=start_rollback_to
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -142,7 +184,7 @@ def _run_href(run_id: str) -> str:
     return f"{AIRFLOW}/dags/{DAG}/runs/{quote(run_id, safe='')}"
 
 
-def test_registry_page(registry_url: str, browser, artifacts_dir: Path) -> None:
+def test_registry_page(registry_url: str, browser, artifacts_dir: Path, rollbacks: list) -> None:
     # 1. no token: the page says to sign in to Airflow (or paste a token) and shows the registry's message
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()
@@ -182,7 +224,7 @@ def test_registry_page(registry_url: str, browser, artifacts_dir: Path) -> None:
     churn = page.locator("[data-testid=model-row][data-model='churn-predictor']")
     expect(churn.get_by_test_id("production")).to_have_text("1")
     expect(churn.get_by_test_id("canary")).to_have_text("—")
-    expect(churn.get_by_test_id("health")).to_have_text("unhealthy")
+    expect(churn.get_by_test_id("health")).to_have_text("failing")  # recorded as "unhealthy", the old word
     spam = page.locator("[data-testid=model-row][data-model='spam-filter']")
     expect(spam.get_by_test_id("production")).to_have_text("—")
     expect(spam.get_by_test_id("health")).to_have_text("none")
@@ -200,7 +242,7 @@ def test_registry_page(registry_url: str, browser, artifacts_dir: Path) -> None:
     page.get_by_test_id("filter").select_option("canary")
     expect(page.get_by_test_id("model-name")).to_have_text(["fraud-detector"])
     page.get_by_test_id("filter").select_option("")
-    page.get_by_test_id("health-filter").select_option("unhealthy")
+    page.get_by_test_id("health-filter").select_option("failing")
     expect(page.get_by_test_id("model-name")).to_have_text(["churn-predictor"])
     expect(page.get_by_test_id("model-count")).to_have_text("1 of 3 models")
     page.get_by_test_id("health-filter").select_option("")
@@ -303,6 +345,75 @@ def test_registry_page(registry_url: str, browser, artifacts_dir: Path) -> None:
     expect(page.get_by_test_id("release-controls")).to_have_count(0)
     fraud.click()
     expect(page.get_by_test_id("traffic-pending")).to_be_visible()
+
+    # 5. health: the production version's latest check, prominent; every version's recent checks below it
+    expect(page.get_by_test_id("health-now")).to_have_attribute("data-status", "healthy")
+    expect(page.get_by_test_id("production-health")).to_have_text("healthy")
+    expect(page.get_by_test_id("production-health-when")).to_contain_text("production v2")
+    checks = page.get_by_test_id("health-record")
+    expect(checks).to_have_count(3)
+    expect(checks.get_by_test_id("health-record-version")).to_have_text(["3", "2", "3"])
+    expect(checks.get_by_test_id("health-record-status")).to_have_text(["failing", "healthy", "degraded"])
+    expect(checks.first.get_by_test_id("health-record-details")).to_have_text("noisy answers: 2 of 8")
+    expect(checks.first).to_contain_text("canary")
+
+    # 6. open alerts first, with the automatic rollback the critical one started
+    expect(page.get_by_test_id("open-alerts")).to_have_text("1 open")
+    alerts = page.get_by_test_id("alert-row")
+    expect(alerts).to_have_count(2)
+    expect(alerts.get_by_test_id("alert-name")).to_have_text(["ModelFailing", "P99OverBudget"])
+    expect(alerts.get_by_test_id("alert-status")).to_have_text(["firing", "resolved"])
+    expect(alerts.first.get_by_test_id("alert-summary")).to_have_text("v2 answers wrongly")
+    expect(alerts.first.get_by_test_id("alert-rollback")).to_contain_text("started")
+    expect(alerts.first.get_by_test_id("alert-rollback-run")).to_have_attribute(
+        "href", f"{AIRFLOW}/dags/model_rollback/runs/{quote(AUTO_RUN, safe='')}"
+    )
+    expect(page.locator("[data-testid=history-row][data-kind=auto_rollback]")).to_contain_text("started")
+
+    # 7. settings: each toggle asks why (cancel: unchanged), then PATCHes; recorded with the signed-in principal
+    auto_rollback = page.get_by_test_id("setting-auto-rollback")
+    approval = page.get_by_test_id("setting-require-approval")
+    expect(auto_rollback).to_be_checked()
+    expect(approval).not_to_be_checked()
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    auto_rollback.click()
+    expect(auto_rollback).to_be_checked()
+    page.once("dialog", lambda dialog: dialog.accept("release needs a sign-off"))
+    approval.click()
+    settings_event = page.locator("[data-testid=history-row][data-kind=settings]").first
+    expect(settings_event.get_by_test_id("event-extra")).to_have_text("require approval off → on")
+    expect(settings_event.get_by_test_id("event-actor")).to_have_text("api-token")
+    expect(page.get_by_test_id("setting-require-approval")).to_be_checked()
+
+    # freeze (asks why), then unfreeze
+    page.once("dialog", lambda dialog: dialog.accept("incident 42"))
+    page.get_by_test_id("freeze").click()
+    expect(page.get_by_test_id("detail-frozen")).to_have_text("frozen")
+    expect(page.get_by_test_id("frozen-note")).to_contain_text("Frozen by api-token")
+    expect(page.get_by_test_id("frozen-note")).to_contain_text("incident 42")
+    expect(page.locator("[data-testid=history-row][data-kind=freeze]")).to_contain_text("incident 42")
+    shot = artifacts_dir / "registry-page-operations.png"
+    page.screenshot(path=str(shot), full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept("incident closed"))
+    page.get_by_test_id("unfreeze").click()
+    expect(page.get_by_test_id("freeze")).to_be_visible()
+    expect(page.get_by_test_id("detail-frozen")).to_have_count(0)
+    expect(page.locator("[data-testid=history-row][data-kind=unfreeze]")).to_contain_text("incident closed")
+
+    # 8. roll back to a version that was in production: starts model_rollback (the plugin's starter)
+    expect(page.get_by_test_id("rollback-version").locator("option")).to_have_text(["v1"])
+    page.once("dialog", lambda dialog: dialog.accept("p99 regression on v2"))
+    page.get_by_test_id("rollback-button").click()
+    expect(page.get_by_test_id("rollback-started")).to_contain_text("model_rollback to v1 started")
+    expect(page.get_by_test_id("rollback-run-link")).to_have_attribute(
+        "href", f"{AIRFLOW}/dags/model_rollback/runs/{quote(MANUAL_RUN, safe='')}"
+    )
+    assert rollbacks == [("fraud-detector", 1, "p99 regression on v2")]
+    expect(page.locator("[data-testid=history-row][data-kind=rollback]")).to_contain_text("to v1 (from v2)")
+    spam.click()
+    expect(page.get_by_test_id("rollback-button")).to_be_disabled()  # nothing was ever in production
+    fraud.click()
+    expect(page.get_by_test_id("health-now")).to_be_visible()
 
     page.wait_for_load_state("networkidle")
     shot = artifacts_dir / "registry-page.png"

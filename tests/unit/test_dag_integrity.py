@@ -174,7 +174,9 @@ def test_plan_release_runs_first_and_gray_release_between_smoke_and_promote(depl
     assert [t.task_id for t in deploy.roots] == ["plan_release"]
     assert tasks["plan_release"].downstream_task_ids == {"acquire_lock"}
     assert tasks["acquire_lock"].upstream_task_ids == {"plan_release"}
-    assert tasks["gray_release"].upstream_task_ids == {"smoke"}
+    assert tasks["approval"].upstream_task_ids == {"smoke"}
+    assert tasks["approval"].downstream_task_ids == {"gray_release", "rollback"}
+    assert tasks["gray_release"].upstream_task_ids == {"approval"}
     assert tasks["promote"].upstream_task_ids == {"gray_release"}
     assert tasks["gray_release"].downstream_task_ids == {"promote", "rollback"}
     assert tasks["gray_release"].plan == "{{ ti.xcom_pull(task_ids='plan_release') }}"
@@ -184,7 +186,7 @@ def test_the_rollback_follows_a_failed_gray_release(deploy):
     from tfdeploy.operators.rollback import GUARDED_STEPS
 
     rollback = deploy.task_dict["rollback"]
-    assert rollback.upstream_task_ids == {"rollout", "smoke", "gray_release", "promote"}
+    assert rollback.upstream_task_ids == {"rollout", "smoke", "approval", "gray_release", "promote"}
     assert rollback.trigger_rule == "one_failed"
     assert "gray_release" in GUARDED_STEPS
     assert "gray_release" in deploy.task_dict["smoke"].get_flat_relative_ids(upstream=False)

@@ -27,6 +27,8 @@ DEV_PORTS = {
     "SERVING_CANARY_REPLICA_GRPC_PORT": 8520,
     "SERVING_CANARY_REPLICA_REST_PORT": 8521,
     "ROUTER_STATS_PORT": 8404,
+    "PROMETHEUS_PORT": 9090,
+    "ALERTMANAGER_PORT": 9093,
 }
 # What the test session's conftest exports (stack.airflow_env) and what a user may have set.
 SETTINGS_VARS = (

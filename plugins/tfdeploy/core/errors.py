@@ -73,6 +73,14 @@ class RegistryUnavailable(RegistryError):
     status_code = 503
 
 
+class RollbackNotStarted(RegistryError):
+    """The registry asked Airflow to start a ``model_rollback`` run and it did not (the DAG is missing or paused,
+    Params refused, Airflow's database unreachable, or this registry runs outside Airflow and cannot start
+    runs). No run was started; whatever else the request carried (an alert) was recorded. The message says why."""
+
+    status_code = 502
+
+
 # --------------------------------------------------------------------------- names
 
 
@@ -212,3 +220,7 @@ class ServerNotFound(ServingHostError, LookupError):
 
 class RouterError(ServingError):
     """The traffic router (HAProxy) could not be reached or refused a runtime change; nothing was changed."""
+
+
+class PrometheusError(TfdeployError):
+    """A Prometheus query failed (unreachable, refused, or a bad expression); says which."""

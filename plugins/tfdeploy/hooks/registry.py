@@ -8,10 +8,12 @@ Every method is a few lines over one request helper (:meth:`RegistryHook._call`)
  - connection errors, timeouts and 502/503/504 answers are retried with exponential backoff (``max_attempts``
    attempts, none started after ``max_elapsed`` seconds); when they run out, :class:`RegistryUnavailable`
    says what was tried;
+ - a 502/503/504 the registry answers itself with a typed error other than RegistryUnavailable (say
+   RollbackNotStarted: Airflow refused to start a run) is that error at once, not retried;
  - any other error answer ``{"error": <class name>, "message": ...}`` is raised as that class of
    :mod:`tfdeploy.core.errors` (unknown names: :class:`RegistryError`), never retried;
  - results are typed (:class:`VersionRecord`, :class:`ModelRecord`, :class:`Lease`, :class:`HealthRecord`,
-   :class:`Traffic`), states are :class:`ModelState`.
+   :class:`Traffic`, :class:`ModelSettings`, :class:`AlertRecord`), states are :class:`ModelState`.
 
 ``context`` is the lineage dict of the run (``tfdeploy.lineage.run_context``: actor, interface, dagId, runId,
 taskId); writes record it in the registry's history.
@@ -154,6 +156,30 @@ class Traffic:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """A model's operations settings: an automatic rollback when its production version fails, a person's
+    approval before a release moves traffic, and a freeze (no new release starts; who, when and why)."""
+
+    auto_rollback_on_failing: bool = False
+    require_approval: bool = False
+    frozen: bool = False
+    frozen_reason: str = ""
+    frozen_by: str = ""
+    frozen_at: dt.datetime | None = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ModelSettings:
+        return cls(
+            auto_rollback_on_failing=bool(d.get("autoRollbackOnFailing")),
+            require_approval=bool(d.get("requireApproval")),
+            frozen=bool(d.get("frozen")),
+            frozen_reason=d.get("frozenReason") or "",
+            frozen_by=d.get("frozenBy") or "",
+            frozen_at=_time(d.get("frozenAt")),
+        )
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     """A model: the version in production, the canary, the newest, health, deployments and lock."""
 
@@ -167,10 +193,12 @@ class ModelRecord:
     description: str = ""
     traffic: Traffic | None = None
     rate_limit_rps: float | None = None
+    settings: ModelSettings | None = None  # on the model detail (get_model), not in list_models
+    open_alerts: int = 0
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ModelRecord:
-        lock, traffic = d.get("lock"), d.get("traffic")
+        lock, traffic, settings = d.get("lock"), d.get("traffic"), d.get("settings")
         return cls(
             model=d["modelName"],
             production_version=d.get("version"),
@@ -184,6 +212,8 @@ class ModelRecord:
             description=d.get("description") or "",
             traffic=Traffic.from_json(traffic) if traffic else None,
             rate_limit_rps=d.get("rateLimitRps"),
+            settings=ModelSettings.from_json(settings) if settings else None,
+            open_alerts=int(d.get("openAlerts") or 0),
         )
 
 
@@ -218,6 +248,51 @@ class HealthRecord:
     def from_json(cls, d: Mapping[str, Any], details: dict[str, Any] | None = None) -> HealthRecord:
         return cls(
             int(d["version"]), d["target"], d["status"], d.get("details", details) or {}, _time(d.get("recordedAt"))
+        )
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """An alert Alertmanager delivered to the registry, and what the registry did about it (``auto_rollback``:
+    started, deduplicated, declined or failed; None: nothing was due)."""
+
+    id: int
+    fingerprint: str
+    model: str | None
+    alertname: str
+    severity: str | None
+    status: str  # firing or resolved
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: dt.datetime | None
+    ends_at: dt.datetime | None
+    received_at: dt.datetime | None
+    auto_rollback: str | None = None
+    rollback_run_id: str = ""
+    rollback_note: str = ""
+
+    @property
+    def open(self) -> bool:
+        return self.status == "firing"
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> AlertRecord:
+        auto = d.get("autoRollback") or {}
+        return cls(
+            id=int(d["id"]),
+            fingerprint=d["fingerprint"],
+            model=d.get("modelName"),
+            alertname=d.get("alertname") or "",
+            severity=d.get("severity"),
+            status=d["status"],
+            labels=d.get("labels") or {},
+            annotations=d.get("annotations") or {},
+            starts_at=_time(d.get("startsAt")),
+            ends_at=_time(d.get("endsAt")),
+            received_at=_time(d.get("receivedAt")),
+            auto_rollback=auto.get("status"),
+            rollback_run_id=auto.get("runId") or "",
+            rollback_note=auto.get("note") or "",
         )
 
 
@@ -317,7 +392,7 @@ class RegistryHook(BaseHook):
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
-        if resp.status_code in RETRY_STATUS:
+        if resp.status_code in RETRY_STATUS and not _final(resp):
             raise _Transient(f"HTTP {resp.status_code}: {_message(resp)}")
         return resp
 
@@ -340,6 +415,27 @@ class RegistryHook(BaseHook):
 
     def get_model(self, model: str) -> ModelRecord:
         return ModelRecord.from_json(self._call("GET", self._path(model)))
+
+    def list_models(self, *, q: str = "", page_size: int = 1000) -> list[ModelRecord]:
+        """Every model (name containing ``q``), by name: production, canary, latest version and health (the
+        list API's fields: no deployments, lock, traffic or settings)."""
+        models: list[ModelRecord] = []
+        while True:
+            params = {"q": q, "limit": page_size, "offset": len(models)}
+            out = self._call("GET", "/v1/models", params={k: v for k, v in params.items() if v != ""})
+            models += [ModelRecord.from_json(m) for m in out["models"]]
+            if not out["models"] or len(models) >= out["total"]:
+                return models
+
+    def list_versions(
+        self, model: str, *, state: ModelState | str | None = None, limit: int = 1000
+    ) -> list[VersionRecord]:
+        """The model's versions, newest first (at most ``limit``), in ``state`` if given."""
+        params: dict[str, Any] = {"limit": limit}
+        if state is not None:
+            params["state"] = ModelState(state).value
+        out = self._call("GET", self._path(model, "versions"), params=params)
+        return [VersionRecord.from_json(v) for v in out["versions"]]
 
     def production_version(self, model: str) -> int | None:
         """The version in production, or None when there is none or the model is unknown."""
@@ -453,10 +549,70 @@ class RegistryHook(BaseHook):
         body = {"kind": kind, "version": version, "reason": reason, "details": details or {}}
         self._call("POST", self._path(model, "events"), body=body | {"context": dict(context)})
 
-    def latest_health(self, model: str, *, limit: int = 1) -> list[HealthRecord]:
-        """The newest health records first."""
-        out = self._call("GET", self._path(model, "health"), params={"limit": limit})
+    def latest_health(self, model: str, *, limit: int = 1, version: int | None = None) -> list[HealthRecord]:
+        """The newest health records first (of ``version`` only, if given)."""
+        params = {"limit": limit} | ({"version": version} if version is not None else {})
+        out = self._call("GET", self._path(model, "health"), params=params)
         return [HealthRecord.from_json(r) for r in out["records"]]
+
+    def model_health(self, model: str) -> str | None:
+        """The model's health: its production version's latest status (None: nothing in production, or no check
+        of it yet). A candidate's checks never count."""
+        return self._call("GET", self._path(model, "health"), params={"limit": 1})["status"]
+
+    # ------------------------------------------------------------------ operations: settings, freeze, rollbacks
+
+    def get_settings(self, model: str) -> ModelSettings:
+        """The model's operations settings (NotFound for a model never registered)."""
+        return ModelSettings.from_json(self._call("GET", self._path(model, "settings")))
+
+    def set_settings(
+        self,
+        model: str,
+        *,
+        auto_rollback_on_failing: bool | None = None,
+        require_approval: bool | None = None,
+        reason: str,
+        context: Context | None = None,
+    ) -> ModelSettings:
+        """Change the settings given (None: unchanged); the registry records the change with the authenticated
+        principal (this hook: the API token) as who did it."""
+        body: dict[str, Any] = {"reason": reason, "context": dict(context or {})}
+        if auto_rollback_on_failing is not None:
+            body["autoRollbackOnFailing"] = auto_rollback_on_failing
+        if require_approval is not None:
+            body["requireApproval"] = require_approval
+        return ModelSettings.from_json(self._call("PATCH", self._path(model, "settings"), body=body))
+
+    def freeze(self, model: str, reason: str, context: Context | None = None) -> ModelSettings:
+        """Freeze the model: no new release starts until it is unfrozen (already frozen: unchanged)."""
+        body = {"reason": reason, "context": dict(context or {})}
+        return ModelSettings.from_json(self._call("POST", self._path(model, "freeze"), body=body))
+
+    def unfreeze(self, model: str, reason: str, context: Context | None = None) -> ModelSettings:
+        """Lift the freeze (not frozen: unchanged)."""
+        params = _query(context or {}, reason=reason)
+        return ModelSettings.from_json(self._call("DELETE", self._path(model, "freeze"), params=params))
+
+    def start_rollback(self, model: str, version: int, *, reason: str, context: Context | None = None) -> str:
+        """Ask the registry to start model_rollback to ``version`` (a superseded one); the started run's id.
+        RollbackNotStarted if Airflow did not start it, Conflict if ``version`` cannot be rolled back to."""
+        body = {"version": version, "reason": reason, "context": dict(context or {})}
+        return str(self._call("POST", self._path(model, "rollback"), body=body)["runId"])
+
+    def list_alerts(
+        self, model: str | None = None, *, status: str | None = None, limit: int = 100
+    ) -> list[AlertRecord]:
+        """Alerts Alertmanager delivered (of ``model``, in ``status`` firing/resolved), open ones first."""
+        params: dict[str, Any] = {"limit": limit} | ({"status": status} if status else {})
+        path = self._path(model, "alerts") if model is not None else "/v1/alerts"
+        return [AlertRecord.from_json(a) for a in self._call("GET", path, params=params)["alerts"]]
+
+    def history(self, model: str, *, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
+        """The model's history events, newest first, as the API gives them (``GET .../history``; ``kind``
+        filters, e.g. ``diagnosis``)."""
+        params: dict[str, Any] = {"limit": limit} | ({"kind": kind} if kind else {})
+        return list(self._call("GET", self._path(model, "history"), params=params)["events"])
 
     # ------------------------------------------------------------------ gray releases: traffic split and controls
 
@@ -523,6 +679,15 @@ def _query(context: Context, **extra: str) -> dict[str, str]:
     """The lineage as query parameters, for DELETE requests (no body)."""
     keys = ("actor", "interface", "dagId", "runId", "taskId")
     return {k: str(context[k]) for k in keys if context.get(k)} | {k: v for k, v in extra.items() if v}
+
+
+def _final(resp: requests.Response) -> bool:
+    """A 5xx the registry answered itself with a typed error that a retry would not change (e.g.
+    RollbackNotStarted); RegistryUnavailable, other names and non-JSON answers (proxies) are retried."""
+    with contextlib.suppress(ValueError, AttributeError):
+        cls = _ERRORS.get(str(resp.json().get("error") or ""))
+        return cls is not None and not issubclass(cls, RegistryUnavailable)
+    return False
 
 
 def _message(resp: requests.Response) -> str:

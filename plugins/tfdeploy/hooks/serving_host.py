@@ -470,6 +470,14 @@ class ServingHostHook(BaseHook):
             raise ServerNotFound(f"no container named {name!r} on the Docker engine at {self.base_url}")
         return _logs(container, tail)
 
+    def inspect_server(self, name: str) -> dict[str, Any]:
+        """``docker inspect`` of container ``name`` (the engine's whole answer, environment values included: redact
+        before it leaves the machine); raises :class:`ServerNotFound` if there is none."""
+        container = self._find(name)
+        if container is None:
+            raise ServerNotFound(f"no container named {name!r} on the Docker engine at {self.base_url}")
+        return dict(container.attrs)
+
     def _find(self, name: str) -> Container | None:
         from docker.errors import NotFound
 

@@ -138,7 +138,7 @@ class GrayReleaseOperator(ServingStep):
         }
         try:  # a registry error must not turn this into a retry: that would restart the release at step 1
             self.registry.record_health(
-                model, version=version, target=self.serving_target, status="unhealthy", details=details, context=lineage
+                model, version=version, target=self.serving_target, status="failing", details=details, context=lineage
             )
             if "weight_zero_error" not in event:
                 self.registry.set_traffic(

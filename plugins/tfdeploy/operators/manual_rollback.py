@@ -17,8 +17,10 @@ from tfdeploy.operators.base import ServingStep, typed
 class ManualRollbackOperator(ServingStep):
     """Puts ``version`` (a superseded one) back into production on the serving target, with a reason.
 
-    :param version: the earlier version to serve again (templated; an int after rendering).
-    :param reason: why, recorded in the registry's history (templated).
+    :param version: the earlier version to serve again (templated; an int after rendering; None: the newest
+        superseded version, i.e. the one in production before the current one).
+    :param reason: why, recorded in the registry's history (templated); ``automatic: ...`` marks a rollback
+        started by the health checks or an alert.
     :param webhdfs_conn_id: the HDFS provider's Connection (to stage the version if it is not on the host).
     :param serving_target: the serving target's name.
     :param serving_image: the serving image; empty: the configured ``SERVING_IMAGE``.
@@ -27,7 +29,7 @@ class ManualRollbackOperator(ServingStep):
     template_fields = (*ServingStep.template_fields, "version", "reason")
 
     def __init__(
-        self, *, version: int | str, reason: str, webhdfs_conn_id: str = "webhdfs_default", **kwargs: Any
+        self, *, version: int | str | None, reason: str, webhdfs_conn_id: str = "webhdfs_default", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.version = version
@@ -36,9 +38,17 @@ class ManualRollbackOperator(ServingStep):
 
     def execute(self, context: Any) -> dict:
         model = self.checked_model_name()
-        version = typed(self.version, int, "version")
         if not isinstance(self.reason, str) or not self.reason.strip():
             raise AirflowFailException("a manual rollback needs a reason (it goes into the registry's history)")
+        version = typed(self.version, int, "version", optional=True)
+        if version is None:
+            earlier = [v.version for v in self.registry.list_versions(model, state=ModelState.SUPERSEDED.value)]
+            if not earlier:
+                raise AirflowFailException(
+                    f"{model} has no earlier version to go back to (none superseded): nothing was changed"
+                )
+            version = max(earlier)
+            self.log.info("no version given: rolling %s back to v%s, the newest superseded version", model, version)
         record = self.registry.get_version(model, version)
         current = self.registry.production_version(model)
         if record.state == ModelState.PRODUCTION:
@@ -59,12 +69,16 @@ class ManualRollbackOperator(ServingStep):
         if (answered := service.label_version(model, "stable")) != version:
             raise AirflowFailException(f"after the rollback, stable answers from v{answered}, not v{version}")
         lineage = self.lineage(context)
-        reason = f"manual rollback to v{version}: {self.reason}"
+        kind = "automatic" if self.reason.startswith("automatic") else "manual"
+        reason = f"{kind} rollback to v{version}: {self.reason}"
         self.record_serving(context, service, change, reason)
         if current is not None and current != version:
             self.registry.transition(model, current, ModelState.ROLLED_BACK, reason=reason, context=lineage)
         self.registry.transition(model, version, ModelState.PRODUCTION, reason=reason, context=lineage)
         self.registry.set_deployment(model, service.name, "stable", version, reason=reason, context=lineage)
+        self.registry.set_traffic(
+            model, stable_version=version, canary_version=None, canary_weight=0, reason=reason, context=lineage
+        )
         self.log.info(
             "%s: v%s is stable again on %s (v%s unloaded from the stable pool); reason: %s",
             model,

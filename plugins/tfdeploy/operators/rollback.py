@@ -13,17 +13,19 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from tfdeploy.core.models_config import ServedModel
 from tfdeploy.core.states import ModelState
 from tfdeploy.hooks.model_store import ModelStoreHook
-from tfdeploy.notifiers import DeploymentAlertNotifier
+from tfdeploy.notifiers import DeploymentAlertNotifier, alert_notifiers
 from tfdeploy.operators.base import ServingStep, upstream_value
+from tfdeploy.operators.diagnose import diagnose_best_effort
 
-GUARDED_STEPS = ("rollout", "smoke", "gray_release", "promote")
+GUARDED_STEPS = ("rollout", "smoke", "approval", "gray_release", "promote")
 SERVED = (ModelState.CANARY, ModelState.PRODUCTION)
 
 
 class RollbackOperator(ServingStep):
     """Restores the stable version that served before this run (trigger rule ``one_failed``).
 
-    :param notifiers: Airflow notifiers told about the rollback (default: ``DeploymentAlertNotifier``).
+    :param notifiers: Airflow notifiers told about the rollback (default: ``alert_notifiers``: the log,
+        `alerts.log` and a mail).
     :param webhdfs_conn_id: the HDFS provider's Connection (to stage the previous version again if needed).
     :param serving_target: the serving target's name.
     :param serving_image: the serving image; empty: the configured ``SERVING_IMAGE``.
@@ -39,7 +41,7 @@ class RollbackOperator(ServingStep):
     ) -> None:
         kwargs.setdefault("trigger_rule", "one_failed")
         super().__init__(**kwargs)
-        self.notifiers = notifiers if notifiers is not None else [DeploymentAlertNotifier()]
+        self.notifiers = notifiers
         self.webhdfs_conn_id = webhdfs_conn_id
 
     def execute(self, context: Any) -> dict:
@@ -87,11 +89,25 @@ class RollbackOperator(ServingStep):
         health = self.registry.latest_health(model, limit=1)
         if health and health[0].version == version and health[0].details.get("problems"):
             reason += ": " + "; ".join(health[0].details["problems"])
-        self._record(context, model, version, previous, reason, service.name)
+        bundle = diagnose_best_effort(  # never fails the rollback: None when no bundle could be stored
+            self,
+            context,
+            model,
+            reason=f"v{version} rolled back after {reason}",
+            registry=self.registry,
+            serving_target=service.name,
+            failed_task_id=failed_step if failed_step in GUARDED_STEPS else None,
+            version=version,
+        )
+        diagnosis = bundle.path if bundle else None
+        self._record(context, model, version, previous, reason, service.name, diagnosis=diagnosis)
         message = f"{model} v{version} rolled back on {service.name} after {reason}; " + (
             f"v{previous} serves as stable" if previous is not None else "no version of it is served"
         )
-        for notifier in self.notifiers:
+        if diagnosis:
+            message += f". Diagnosis bundle: HDFS {diagnosis}"
+        notifiers = self.notifiers if self.notifiers is not None else alert_notifiers(f"[tfdeploy] {message}", message)
+        for notifier in notifiers:
             if isinstance(notifier, DeploymentAlertNotifier) and not notifier.message:
                 notifier.message = message
             notifier.notify(context)
@@ -126,11 +142,22 @@ class RollbackOperator(ServingStep):
         service.discard(model, version)
         return list(change.after.versions) if change.after else []
 
-    def _record(self, context: Any, model: str, version: int, previous: int | None, reason: str, target: str) -> None:
+    def _record(
+        self,
+        context: Any,
+        model: str,
+        version: int,
+        previous: int | None,
+        reason: str,
+        target: str,
+        *,
+        diagnosis: str | None = None,
+    ) -> None:
         lineage = self.lineage(context)
         if self.registry.get_version(model, version).state in SERVED:
+            details = {"target": target} | ({"diagnosis": diagnosis} if diagnosis else {})
             self.registry.transition(
-                model, version, ModelState.ROLLED_BACK, reason=reason, details={"target": target}, context=lineage
+                model, version, ModelState.ROLLED_BACK, reason=reason, details=details, context=lineage
             )
         if previous is not None:
             if self.registry.get_version(model, previous).state == ModelState.SUPERSEDED:

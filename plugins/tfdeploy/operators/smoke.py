@@ -9,17 +9,8 @@ from typing import Any
 import numpy as np
 from airflow.sdk.exceptions import AirflowFailException
 
-from tfdeploy.core.errors import ServingError
 from tfdeploy.operators.base import ServingStep, typed
-
-
-def instances(golden_inputs: Any) -> list[Any]:
-    """TF Serving's row format from the golden inputs: a list of rows as it is, or ``{input: rows}`` turned
-    into one ``{input: value}`` object per row (named inputs)."""
-    if not isinstance(golden_inputs, dict):
-        return list(golden_inputs)
-    count = len(next(iter(golden_inputs.values()), []))
-    return [{name: values[i] for name, values in golden_inputs.items()} for i in range(count)]
+from tfdeploy.services.health import instances, parity_problem
 
 
 class SmokeTestOperator(ServingStep):
@@ -64,26 +55,12 @@ class SmokeTestOperator(ServingStep):
         serving = service.serving
         problems: list[str] = []
         rows = instances(report["goldenInputs"])
-        expected = np.asarray(report["goldenPredictions"], dtype=np.float64)
         signature = report.get("signatureName") or "serving_default"
-        output_key = report.get("outputKey")
         for how, kwargs in (("version", {"version": version}), ("label canary", {"label": "canary"})):
-            try:
-                got = serving.predict(model, rows, signature_name=signature, **kwargs)["predictions"]
-            except ServingError as exc:
-                problems.append(f"golden inputs via {how} were not answered: {exc}")
-                continue
-            got_arr = np.asarray([g[output_key] if isinstance(g, dict) else g for g in got], dtype=np.float64)
-            if got_arr.size != expected.size:
-                problems.append(
-                    f"served outputs via {how} have {got_arr.size} values, validation's {expected.size} "
-                    f"(shape {list(got_arr.shape)} against {list(expected.shape)})"
-                )
-                continue
-            diff = float(np.max(np.abs(got_arr.reshape(expected.shape) - expected))) if got_arr.size else float("inf")
-            self.log.info("parity via %s: max |served - validated| = %.3g (tolerance %s)", how, diff, tolerance)
-            if not diff <= tolerance:
-                problems.append(f"served outputs via {how} differ from validation's by {diff:.3g} (> {tolerance})")
+            diff, problem = parity_problem(serving, model, report, tolerance, how=how, **kwargs)
+            self.log.info("parity via %s: max |served - validated| = %s (tolerance %s)", how, diff, tolerance)
+            if problem:
+                problems.append(problem)
         meta = serving.metadata(model, version=version)["metadata"]["signature_def"]["signature_def"]
         if signature not in meta:
             problems.append(f"served metadata lacks signature {signature!r} (has {sorted(meta)})")
@@ -102,7 +79,7 @@ class SmokeTestOperator(ServingStep):
             self.log.info("candidate p50 is %.2fx stable v%s's", ratio, stable)
             if ratio > max_ratio:
                 problems.append(f"p50 is {ratio:.2f}x stable's (allowed {max_ratio}x)")
-        status = "unhealthy" if problems else "healthy"
+        status = "failing" if problems else "healthy"
         self.registry.record_health(
             model,
             version=version,

@@ -16,17 +16,19 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from tfdeploy.core.errors import RegistryError, RegistryUnavailable
+from tfdeploy.core.errors import RegistryError, RegistryUnavailable, RollbackNotStarted
 
 from .auth import Principal, require_read, require_write
 from .config import RegistryConfig
-from .service import Actor, RegistryService
+from .metrics import exposition
+from .service import HEALTH, Actor, RegistryService, RollbackStarter, RollbackStarterTo
 
 WEB = Path(__file__).parent / "web"
 RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503 (database unreachable)
@@ -122,6 +124,50 @@ class RateLimitIn(_Body):
     rps: float | None = Field(gt=0, allow_inf_nan=False, description="requests per second (null: no limit)")
     reason: str = ""
     context: Context = Context()
+
+
+class SettingsIn(_Body):
+    auto_rollback_on_failing: bool | None = Field(
+        None, description="start model_rollback when the production version fails (a critical alert, a check)"
+    )
+    require_approval: bool | None = Field(None, description="a release waits for a person's approval before traffic")
+    reason: str = Field(min_length=1, description="why (required)")
+    context: Context = Context()
+
+
+class FreezeIn(_Body):
+    reason: str = Field(min_length=1, description="why no new release may start (required)")
+    context: Context = Context()
+
+
+class RollbackIn(_Body):
+    version: int = Field(ge=0, description="the earlier (superseded) version to serve again")
+    reason: str = Field(min_length=3, description="why (required; recorded by model_rollback too)")
+    context: Context = Context()
+
+
+class AlertmanagerAlert(BaseModel):
+    """One alert of Alertmanager's webhook payload (unknown fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    startsAt: str = Field(min_length=1)  # noqa: N815 - Alertmanager's field names
+    endsAt: str | None = None  # noqa: N815
+    generatorURL: str = ""  # noqa: N815
+    fingerprint: str = Field(min_length=1, max_length=128)
+
+
+class AlertmanagerPayload(BaseModel):
+    """Alertmanager's webhook notification (version 4); unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    version: str = "4"
+    receiver: str = ""
+    status: str = ""
+    alerts: list[AlertmanagerAlert] = Field(default_factory=list)
+    externalURL: str = ""  # noqa: N815
 
 
 class LockIn(_Body):
@@ -265,12 +311,30 @@ class _SinkFailed(Exception):
 RateLimitSink = Callable[[str, float | None], None]
 
 
-def create_app(config: RegistryConfig | None = None, *, rate_limit_sink: RateLimitSink | None = None) -> FastAPI:
+def create_app(
+    config: RegistryConfig | None = None,
+    *,
+    rate_limit_sink: RateLimitSink | None = None,
+    rollback_starter: RollbackStarter | None = None,
+    rollback_starter_to: RollbackStarterTo | None = None,
+    alert_notifier: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> FastAPI:
     """The registry app. ``rate_limit_sink(model, rps)`` (optional) applies a model's new rate limit (None: no
     limit) to the router; it is called inside the request, before the commit: if it raises, nothing is stored
-    and the API answers 503."""
+    and the API answers 503.
+
+    ``rollback_starter(model, reason) -> run id | None`` starts an automatic model_rollback (to the version in
+    production before the current one) for a firing critical alert of a model with auto-rollback on;
+    ``rollback_starter_to(model, version, reason) -> run id`` starts one to a chosen version (the page's "Roll
+    back to version"). Both are given by the composition root (the Airflow plugin); without them the registry
+    records the request and answers 502 RollbackNotStarted.
+
+    ``alert_notifier(alerts)`` (optional) is told, after they are recorded, about the alerts of a notification
+    that are new or changed status (Alertmanager repeats the others): the plugin mails them. Its failure is
+    logged; the alerts stay recorded."""
     config = config or RegistryConfig.from_env()
     state = _State(config)
+    render_metrics = exposition(lambda: state.service().metrics_snapshot(), HEALTH)
     app = FastAPI(
         title="tfdeploy model registry",
         version="1",
@@ -395,9 +459,15 @@ def create_app(config: RegistryConfig | None = None, *, rate_limit_sink: RateLim
     def production_at(name: str, at: str, service: Svc, _: Reader) -> dict:
         return service.production_at(name, at)
 
-    @v1.get("/models/{name}/health", summary="Latest health records")
-    def get_health(name: str, service: Svc, _: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
-        return service.health(name, limit=limit)
+    @v1.get("/models/{name}/health", summary="Latest health records; status: the production version's health")
+    def get_health(
+        name: str,
+        service: Svc,
+        _: Reader,
+        version: Annotated[int | None, Query(ge=0, description="only this version's records")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> dict:
+        return service.health(name, version=version, limit=limit)
 
     @v1.post("/models/{name}/health", status_code=201, summary="Record a health check result")
     def record_health(name: str, body: HealthIn, service: Svc, who: Writer) -> dict:
@@ -490,6 +560,94 @@ def create_app(config: RegistryConfig | None = None, *, rate_limit_sink: RateLim
             )
         return JSONResponse(out)
 
+    @v1.get("/models/{name}/settings", summary="Operations settings: auto-rollback, approval, freeze")
+    def get_settings(name: str, service: Svc, _: Reader) -> dict:
+        return service.settings(name)
+
+    @v1.patch("/models/{name}/settings", summary="Change auto-rollback on failing and/or require approval")
+    def set_settings(name: str, body: SettingsIn, service: Svc, who: Writer) -> dict:
+        return service.set_settings(
+            name,
+            _principal_actor(body.context, who),
+            auto_rollback_on_failing=body.auto_rollback_on_failing,
+            require_approval=body.require_approval,
+            reason=body.reason,
+        )
+
+    @v1.post("/models/{name}/freeze", summary="Freeze the model: no new release starts until it is unfrozen")
+    def freeze(name: str, body: FreezeIn, service: Svc, who: Writer) -> dict:
+        return service.freeze(name, _principal_actor(body.context, who), reason=body.reason)
+
+    @v1.delete("/models/{name}/freeze", summary="Lift the freeze")
+    def unfreeze(
+        name: str,
+        service: Svc,
+        who: Writer,
+        q: Annotated[ContextQuery, Depends()],
+        reason: Annotated[str, Query(min_length=1, description="why (required)")],
+    ) -> dict:
+        return service.unfreeze(name, _principal_actor(q.context, who), reason=reason)
+
+    @v1.post(
+        "/models/{name}/rollback", status_code=202, summary="Start model_rollback to an earlier (superseded) version"
+    )
+    def rollback(name: str, body: RollbackIn, service: Svc, who: Writer) -> dict:
+        return service.start_rollback(
+            name, body.version, _principal_actor(body.context, who), reason=body.reason, starter=rollback_starter_to
+        )
+
+    @v1.post("/alerts", summary="Alertmanager's webhook: record alerts; a critical one may start an auto-rollback")
+    def receive_alerts(body: AlertmanagerPayload, service: Svc, who: Writer) -> JSONResponse:
+        alerts = [
+            {
+                "fingerprint": a.fingerprint,
+                "status": a.status,
+                "labels": a.labels,
+                "annotations": a.annotations,
+                "starts_at": a.startsAt,
+                "ends_at": a.endsAt,
+                "generator_url": a.generatorURL,
+            }
+            for a in body.alerts
+        ]
+        ctx = Actor(actor=who.name, principal=who.name, interface="rest_api")
+        results, failures = service.receive_alerts(alerts, ctx, receiver=body.receiver, starter=rollback_starter)
+        out = {"received": len(results), "alerts": results}
+        news = [r for r in results if r.get("recorded") in ("new", "changed")]
+        if alert_notifier is not None and news:
+            try:
+                alert_notifier(news)
+            except Exception as exc:  # noqa: BLE001 - a mail that cannot be sent must not lose the alert
+                log.error("registry: alerts recorded, but not notified: %s", exc)
+        if failures:
+            log.warning("registry: alerts recorded, but an automatic rollback was not started: %s", failures)
+            message = "; ".join(failures)
+            error = {"error": RollbackNotStarted.__name__, "message": message}
+            return JSONResponse(error | out, status_code=RollbackNotStarted.status_code)
+        return JSONResponse(out)
+
+    @v1.get("/alerts", summary="Alerts, open (firing) ones first; filter by model and status")
+    def list_alerts(
+        service: Svc,
+        _: Reader,
+        model: str | None = None,
+        status: Literal["firing", "resolved"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        return service.list_alerts(model=model, status=status, limit=limit, offset=offset)
+
+    @v1.get("/models/{name}/alerts", summary="A model's alerts, open (firing) ones first")
+    def model_alerts(
+        name: str,
+        service: Svc,
+        _: Reader,
+        status: Literal["firing", "resolved"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        return service.model_alerts(name, status=status, limit=limit, offset=offset)
+
     @v1.post("/models/{name}/lock", summary="Acquire the model's deployment lock (a lease)")
     def acquire_lock(name: str, body: LockIn, service: Svc, who: Writer) -> dict:
         return service.acquire_lock(
@@ -509,6 +667,17 @@ def create_app(config: RegistryConfig | None = None, *, rate_limit_sink: RateLim
     @app.get("/health", include_in_schema=False)
     def health() -> dict:
         return {"status": "ok"}
+
+    metrics_dependencies = [] if config.public_metrics else [Depends(require_read(config))]
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics: versions per state, deployments, rollbacks, lock waits, state ages, health",
+        dependencies=metrics_dependencies,
+        response_class=Response,
+    )
+    def metrics() -> Response:
+        return Response(render_metrics(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -6,12 +6,19 @@ import os
 from dataclasses import dataclass
 
 
+def _flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
     db_url: str
     api_token: str = ""  # machines (the pipeline's hook) send this as a bearer token
     public_reads: bool = False  # reads need a token by default
     airflow_url: str = ""  # for links to DAG runs and task logs on the web page
+    # /metrics readable without a token (Prometheus scrapes it): it exposes model names, versions, states and
+    # counts only, never a secret. False: it needs a token like any other read.
+    public_metrics: bool = True
 
     @classmethod
     def from_env(cls) -> RegistryConfig:
@@ -21,6 +28,7 @@ class RegistryConfig:
         return cls(
             db_url=s.registry_db_url,
             api_token=os.environ.get("REGISTRY_API_TOKEN", ""),
-            public_reads=os.environ.get("REGISTRY_PUBLIC_READS", "false").strip().lower() in ("1", "true", "yes"),
+            public_reads=_flag("REGISTRY_PUBLIC_READS", "false"),
             airflow_url=os.environ.get("AIRFLOW__API__BASE_URL", s.airflow_url),
+            public_metrics=_flag("REGISTRY_PUBLIC_METRICS", "true"),
         )

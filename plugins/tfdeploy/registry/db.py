@@ -53,6 +53,16 @@ class Model(Base):
     latest_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Requests per second the router lets through to this model (None: no limit).
     rate_limit_rps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Operations settings (migration 0003): an alert's or a check's failure may start model_rollback at once;
+    # a release must be approved by a person; a frozen model takes no new release until unfrozen.
+    auto_rollback_on_failing: Mapped[bool] = mapped_column(Boolean, default=False)
+    require_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False)
+    frozen_reason: Mapped[str] = mapped_column(Text, default="")
+    frozen_by: Mapped[str] = mapped_column(String(256), default="")
+    frozen_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Deployment-lock requests refused because another run held the lock (the lock waits; for /metrics).
+    lock_refusals: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ModelVersion(Base):
@@ -79,6 +89,8 @@ class ModelVersion(Base):
     run_id: Mapped[str] = mapped_column(String(250), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # When the version entered its current state (updated_at also moves when a report is attached).
+    state_changed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, default=utcnow)
 
 
 class Deployment(Base):
@@ -98,7 +110,10 @@ class Deployment(Base):
 
 class HealthRecord(Base):
     __tablename__ = "health_records"
-    __table_args__ = (Index("ix_health_model_time", "model_id", "recorded_at"),)
+    __table_args__ = (
+        Index("ix_health_model_time", "model_id", "recorded_at"),
+        Index("ix_health_model_version_time", "model_id", "version", "recorded_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
@@ -146,6 +161,39 @@ class Traffic(Base):
     run_id: Mapped[str] = mapped_column(String(250), default="")
 
 
+class Alert(Base):
+    """An alert Alertmanager delivered (its webhook), one row per alert instance: the same fingerprint firing
+    again later starts a new row (another startsAt). ``rollback_*``: what the registry did about it."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("fingerprint", "starts_at", name="uq_alert_instance"),
+        Index("ix_alerts_model_status", "model", "status"),
+        Index("ix_alerts_status_received", "status", "received_at"),
+        CheckConstraint("status IN ('firing', 'resolved')", name="ck_alert_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    starts_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    ends_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    alertname: Mapped[str] = mapped_column(String(256), default="")
+    severity: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    annotations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    generator_url: Mapped[str] = mapped_column(Text, default="")
+    receiver: Mapped[str] = mapped_column(String(256), default="")
+    first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # started | deduplicated | declined | failed (None: no automatic rollback was due)
+    rollback_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    rollback_run_id: Mapped[str] = mapped_column(String(250), default="")
+    rollback_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    rollback_note: Mapped[str] = mapped_column(Text, default="")
+
+
 class HistoryEvent(Base):
     """Append-only: database triggers refuse UPDATE and DELETE on this table."""
 
@@ -154,13 +202,15 @@ class HistoryEvent(Base):
         Index("ix_history_model_at", "model_name", "at"),
         Index("ix_history_at", "at"),
         Index("ix_history_actor_at", "actor", "at"),
+        Index("ix_history_kind_model", "kind", "model_name"),  # /metrics counts events of a kind per model
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     model_name: Mapped[str] = mapped_column(String(128))
     version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # registered, transition, deployment, health, lock, serving, router, traffic, release_control, rate_limit
+    # registered, transition, deployment, health, lock, serving, router, traffic, release_control, rate_limit,
+    # settings, freeze, unfreeze, alert, auto_rollback, rollback
     kind: Mapped[str] = mapped_column(String(32))
     from_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
     to_state: Mapped[str | None] = mapped_column(String(32), nullable=True)

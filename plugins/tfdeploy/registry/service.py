@@ -12,21 +12,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tfdeploy.core.errors import Conflict, InvalidRequest, LockHeld, LostRace, NotFound
+from tfdeploy.core.errors import (
+    Conflict,
+    InvalidModelName,
+    InvalidRequest,
+    LockHeld,
+    LostRace,
+    NotFound,
+    RollbackNotStarted,
+)
 from tfdeploy.core.names import validate_model_name
 from tfdeploy.core.states import ModelState, check_transition
 
 from . import db
 
 INTERFACES = frozenset({"schedule", "ui", "rest_api", "cli", "asset", "backfill", "pipeline", "unknown"})
-HEALTH = frozenset({"healthy", "degraded", "unhealthy", "unknown"})
-SERVING_EVENTS = frozenset({"serving", "router"})
+HEALTH = ("healthy", "degraded", "failing", "unknown")
+HEALTH_ALIASES = {"unhealthy": "failing"}  # the old word, still accepted (stored as its new one)
+# events the pipeline appends as they happen: serving (which replicas serve what), router (a routing change),
+# approval (a release waiting for, or given, a human decision), diagnosis (a diagnosis bundle was stored),
+# alert (a health change the pipeline's checks noticed and notified; Alertmanager's alerts come by /v1/alerts)
+SERVING_EVENTS = frozenset({"serving", "router", "approval", "diagnosis", "alert"})
 RELEASE_ACTIONS = frozenset({"pause", "resume", "promote", "abort"})
 PENDING_ACTIONS = frozenset({"promote", "abort"})  # the pipeline acts on these, then clears them
+ALERT_STATUSES = frozenset({"firing", "resolved"})
+# An automatic rollback started by an alert holds off another one for the same model this long.
+AUTO_ROLLBACK_WINDOW = dt.timedelta(minutes=10)
+ROLLBACK_DAG = "model_rollback"
+STATE_AGE_STATES = ("registered", "validated", "canary")  # states a release passes through (and can get stuck in)
+
+# (model, reason) -> the Airflow run id of the model_rollback run it started (None: it started none)
+RollbackStarter = Callable[[str, str], "str | None"]
+# (model, version, reason) -> the Airflow run id of the model_rollback run it started
+RollbackStarterTo = Callable[[str, int, str], str]
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,62 @@ def model_summary(m: db.Model) -> dict[str, Any]:
         "latestVersion": m.latest_version,
         "health": m.health_status,
         "updatedAt": iso(m.updated_at),
+    }
+
+
+def normalize_health(status: str) -> str:
+    """A health status in the current vocabulary (``unhealthy`` is accepted as ``failing``), or InvalidRequest."""
+    value = HEALTH_ALIASES.get(status, status)
+    if value not in HEALTH:
+        aliases = ", ".join(f"{old} = {new}" for old, new in HEALTH_ALIASES.items())
+        raise InvalidRequest(f"unknown health status {status!r}; use one of {', '.join(HEALTH)} ({aliases})")
+    return value
+
+
+def health_dict(r: db.HealthRecord) -> dict[str, Any]:
+    return {
+        "version": r.version,
+        "target": r.target,
+        "status": r.status,
+        "details": r.details,
+        "actor": r.actor,
+        "recordedAt": iso(r.recorded_at),
+    }
+
+
+def settings_dict(m: db.Model) -> dict[str, Any]:
+    """A model's operations settings. Not frozen: no reason, who or when (the history keeps past freezes)."""
+    return {
+        "autoRollbackOnFailing": bool(m.auto_rollback_on_failing),
+        "requireApproval": bool(m.require_approval),
+        "frozen": bool(m.frozen),
+        "frozenReason": (m.frozen_reason or None) if m.frozen else None,
+        "frozenBy": (m.frozen_by or None) if m.frozen else None,
+        "frozenAt": iso(m.frozen_at) if m.frozen else None,
+    }
+
+
+def alert_dict(a: db.Alert) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "fingerprint": a.fingerprint,
+        "modelName": a.model,
+        "alertname": a.alertname,
+        "severity": a.severity,
+        "status": a.status,
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "startsAt": iso(a.starts_at),
+        "endsAt": iso(a.ends_at),
+        "generatorUrl": a.generator_url or None,
+        "receiver": a.receiver or None,
+        "firstReceivedAt": iso(a.first_received_at),
+        "receivedAt": iso(a.received_at),
+        "autoRollback": (
+            {"status": a.rollback_status, "runId": a.rollback_run_id or None, "note": a.rollback_note or None}
+            if a.rollback_status
+            else None
+        ),
     }
 
 
@@ -302,7 +380,28 @@ class RegistryService:
             )
             out["traffic"] = traffic_dict(model, session.get(db.Traffic, model.id))
             out["rateLimitRps"] = model.rate_limit_rps
+            out["settings"] = settings_dict(model)
+            latest = self._latest_health(session, model, model.production_version)
+            out["productionHealth"] = health_dict(latest) if latest is not None else None
+            out["openAlerts"] = session.scalar(
+                select(func.count()).select_from(db.Alert).where(db.Alert.model == name, db.Alert.status == "firing")
+            )
             return out
+
+    def _latest_health(self, session: Session, model: db.Model, version: int | None) -> db.HealthRecord | None:
+        if version is None:
+            return None
+        return session.scalars(
+            select(db.HealthRecord)
+            .where(db.HealthRecord.model_id == model.id, db.HealthRecord.version == version)
+            .order_by(db.HealthRecord.recorded_at.desc(), db.HealthRecord.id.desc())
+            .limit(1)
+        ).one_or_none()
+
+    def _refresh_health(self, session: Session, model: db.Model) -> None:
+        """A model's health is its production version's latest health record (none in production: none)."""
+        latest = self._latest_health(session, model, model.production_version)
+        model.health_status = latest.status if latest is not None else None
 
     # ------------------------------------------------------------------ versions
 
@@ -360,6 +459,7 @@ class RegistryService:
                 run_id=ctx.run_id,
                 created_at=now,
                 updated_at=now,
+                state_changed_at=now,
             )
             session.add(row)
             model.latest_version = max(version, model.latest_version or 0)
@@ -466,6 +566,7 @@ class RegistryService:
                     reason=f"superseded by version {version}",
                 )
             self._set_state(session, model, row, dst, now, expected_row_version=row.row_version)
+            self._refresh_health(session, model)  # the production version may have changed
             self._event(
                 session,
                 ctx,
@@ -493,7 +594,9 @@ class RegistryService:
             .where(
                 db.ModelVersion.id == row.id, db.ModelVersion.row_version == (expected_row_version or row.row_version)
             )
-            .values(state=state.value, row_version=db.ModelVersion.row_version + 1, updated_at=now)
+            .values(
+                state=state.value, row_version=db.ModelVersion.row_version + 1, updated_at=now, state_changed_at=now
+            )
             .execution_options(synchronize_session=False)
         )
         if getattr(result, "rowcount", 0) != 1:  # a CursorResult for UPDATE
@@ -576,8 +679,9 @@ class RegistryService:
     def record_health(
         self, name: str, version: int, target: str, status: str, ctx: Actor, details: dict | None = None
     ) -> dict[str, Any]:
-        if status not in HEALTH:
-            raise InvalidRequest(f"unknown health status {status!r}; use one of {', '.join(sorted(HEALTH))}")
+        """Record a health check of ``version`` on ``target``. It is the model's health only if ``version`` is the
+        production version: a candidate's checks (a failed smoke test) belong to that version alone."""
+        given, status = status, normalize_health(status)
         with self._tx() as session:
             model = self._model(session, name, lock=True)
             self._version(session, model, version)
@@ -593,35 +697,45 @@ class RegistryService:
                     recorded_at=now,
                 )
             )
-            if version in (model.production_version, model.canary_version) or model.production_version is None:
+            if version == model.production_version:
                 model.health_status = status
                 model.updated_at = now
-            self._event(session, ctx, name, "health", version=version, details={"target": target, "status": status})
-            return {"modelName": name, "version": version, "target": target, "status": status, "recordedAt": iso(now)}
-
-    def health(self, name: str, *, limit: int = 50) -> dict[str, Any]:
-        with self._sessions() as session:
-            model = self._model(session, name)
-            rows = session.scalars(
-                select(db.HealthRecord)
-                .where(db.HealthRecord.model_id == model.id)
-                .order_by(db.HealthRecord.recorded_at.desc(), db.HealthRecord.id.desc())
-                .limit(limit)
-            ).all()
+            event: dict[str, Any] = {
+                "target": target,
+                "status": status,
+                "production": version == model.production_version,
+            }
+            if given != status:
+                event["given"] = given  # the old word it was sent as
+            self._event(session, ctx, name, "health", version=version, details=event)
             return {
                 "modelName": name,
+                "version": version,
+                "target": target,
+                "status": status,
+                "details": details or {},
+                "modelHealth": model.health_status,
+                "recordedAt": iso(now),
+            }
+
+    def health(self, name: str, *, version: int | None = None, limit: int = 50) -> dict[str, Any]:
+        """The newest health records (of one version, or all); ``status`` is the model's health: its production
+        version's latest record (``latest``)."""
+        with self._sessions() as session:
+            model = self._model(session, name)
+            query = select(db.HealthRecord).where(db.HealthRecord.model_id == model.id)
+            if version is not None:
+                query = query.where(db.HealthRecord.version == version)
+            rows = session.scalars(
+                query.order_by(db.HealthRecord.recorded_at.desc(), db.HealthRecord.id.desc()).limit(limit)
+            ).all()
+            latest = self._latest_health(session, model, model.production_version)
+            return {
+                "modelName": name,
+                "productionVersion": model.production_version,
                 "status": model.health_status,
-                "records": [
-                    {
-                        "version": r.version,
-                        "target": r.target,
-                        "status": r.status,
-                        "details": r.details,
-                        "actor": r.actor,
-                        "recordedAt": iso(r.recorded_at),
-                    }
-                    for r in rows
-                ],
+                "latest": health_dict(latest) if latest is not None else None,
+                "records": [health_dict(r) for r in rows],
             }
 
     # ------------------------------------------------------------------ gray releases: traffic split and controls
@@ -769,6 +883,400 @@ class RegistryService:
                 apply(name, limit)
             return {"modelName": name, "rateLimitRps": limit}
 
+    # ------------------------------------------------------------------ operations: settings and freeze
+
+    def settings(self, name: str) -> dict[str, Any]:
+        with self._sessions() as session:
+            return {"modelName": name} | settings_dict(self._model(session, name))
+
+    def set_settings(
+        self,
+        name: str,
+        ctx: Actor,
+        *,
+        auto_rollback_on_failing: bool | None = None,
+        require_approval: bool | None = None,
+        reason: str,
+    ) -> dict[str, Any]:
+        """Change a model's operations settings (None: unchanged). A change is recorded in the history (kind
+        ``settings``, who = ``ctx.actor``: the API passes the authenticated principal); none: a no-op."""
+        wanted = {"autoRollbackOnFailing": auto_rollback_on_failing, "requireApproval": require_approval}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        if not wanted:
+            raise InvalidRequest("nothing to change: send autoRollbackOnFailing and/or requireApproval (true or false)")
+        for key, value in wanted.items():
+            if not isinstance(value, bool):
+                raise InvalidRequest(f"{key} must be true or false, got {value!r}")
+        reason = _need_reason(reason, "change the settings")
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            before = settings_dict(model)
+            if auto_rollback_on_failing is not None:
+                model.auto_rollback_on_failing = auto_rollback_on_failing
+            if require_approval is not None:
+                model.require_approval = require_approval
+            after = settings_dict(model)
+            changes = {k: {"from": before[k], "to": after[k]} for k in wanted if before[k] != after[k]}
+            if changes:
+                model.updated_at = db.utcnow()
+                details = {"changes": changes, "who": ctx.actor}
+                self._event(session, ctx, name, "settings", reason=reason, details=details)
+            return {"modelName": name} | after
+
+    def freeze(self, name: str, ctx: Actor, *, reason: str) -> dict[str, Any]:
+        """Freeze the model: no new release starts until it is unfrozen (the pipeline checks at the start of a run;
+        a release in progress goes on). Already frozen: a no-op (the first freeze's reason, who and when stay)."""
+        reason = _need_reason(reason, "freeze the model")
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            if model.frozen:
+                return {"modelName": name} | settings_dict(model)
+            now = db.utcnow()
+            model.frozen, model.frozen_reason, model.frozen_by, model.frozen_at = True, reason, ctx.actor, now
+            model.updated_at = now
+            traffic = session.get(db.Traffic, model.id)
+            in_progress = traffic is not None and traffic.canary_version is not None
+            details = {"who": ctx.actor, "releaseInProgress": in_progress}
+            self._event(session, ctx, name, "freeze", reason=reason, details=details)
+            return {"modelName": name} | settings_dict(model)
+
+    def unfreeze(self, name: str, ctx: Actor, *, reason: str) -> dict[str, Any]:
+        """Lift the freeze (not frozen: a no-op); the history keeps who froze it, when and why."""
+        reason = _need_reason(reason, "unfreeze the model")
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            if not model.frozen:
+                return {"modelName": name} | settings_dict(model)
+            details = {
+                "who": ctx.actor,
+                "frozenBy": model.frozen_by,
+                "frozenReason": model.frozen_reason,
+                "frozenAt": iso(model.frozen_at),
+            }
+            model.frozen, model.frozen_reason, model.frozen_by, model.frozen_at = False, "", "", None
+            model.updated_at = db.utcnow()
+            self._event(session, ctx, name, "unfreeze", reason=reason, details=details)
+            return {"modelName": name} | settings_dict(model)
+
+    # ------------------------------------------------------------------ operations: rollbacks started in Airflow
+
+    def _rollback_target(self, session: Session, model: db.Model) -> int | None:
+        """The version a rollback without a version goes back to: the newest superseded one (as model_rollback
+        picks it)."""
+        return session.scalar(
+            select(func.max(db.ModelVersion.version)).where(
+                db.ModelVersion.model_id == model.id, db.ModelVersion.state == ModelState.SUPERSEDED.value
+            )
+        )
+
+    def start_rollback(
+        self, name: str, version: int, ctx: Actor, *, reason: str, starter: RollbackStarterTo | None
+    ) -> dict[str, Any]:
+        """Start model_rollback to ``version`` (a superseded one) through ``starter``, called inside the
+        transaction: if it fails, nothing is recorded (RollbackNotStarted). Recorded as history kind ``rollback``
+        with the started run (its dagId/runId link to it), who asked = ``ctx.actor``."""
+        reason = _need_reason(reason, "roll back", minimum=3)
+        with self._tx() as session:
+            model = self._model(session, name, lock=True)
+            row = self._version(session, model, version)
+            if row.state == ModelState.PRODUCTION.value:
+                raise Conflict(f"version {version} of {name} is already in production: nothing to roll back")
+            if row.state != ModelState.SUPERSEDED.value:
+                raise Conflict(
+                    f"version {version} of {name} is {row.state}: only a version that was in production (superseded) "
+                    "can be rolled back to"
+                )
+            if starter is None:
+                raise RollbackNotStarted(_NO_STARTER)
+            try:
+                run_id = starter(name, version, reason)
+            except Exception as exc:  # noqa: BLE001 - whatever Airflow raised: nothing started, nothing recorded
+                raise RollbackNotStarted(
+                    f"{ROLLBACK_DAG} could not be started for {name} v{version}: {_cause(exc)}; nothing was changed"
+                ) from exc
+            details: dict[str, Any] = {
+                "dagId": ROLLBACK_DAG,
+                "runId": run_id,
+                "fromVersion": model.production_version,
+                "toVersion": version,
+                "who": ctx.actor,
+            }
+            if ctx.run_id:
+                details["caller"] = {"dagId": ctx.dag_id, "runId": ctx.run_id, "taskId": ctx.task_id}
+            started = Actor(ctx.actor, ctx.principal, ctx.interface, ROLLBACK_DAG, str(run_id), "")
+            self._event(session, started, name, "rollback", version=version, reason=reason, details=details)
+            return {
+                "modelName": name,
+                "version": version,
+                "fromVersion": model.production_version,
+                "dagId": ROLLBACK_DAG,
+                "runId": run_id,
+            }
+
+    # ------------------------------------------------------------------ operations: alerts (Alertmanager)
+
+    def receive_alerts(
+        self,
+        alerts: list[dict[str, Any]],
+        ctx: Actor,
+        *,
+        receiver: str = "",
+        starter: RollbackStarter | None = None,
+        window: dt.timedelta = AUTO_ROLLBACK_WINDOW,
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Record the alerts of one Alertmanager notification (each upserted by fingerprint + startsAt) and act
+        on them: a firing ``critical`` alert on a model with auto-rollback on starts model_rollback through
+        ``starter`` (at most one per model per ``window``). Returns the result per alert and the messages of
+        the rollbacks that could not be started (the alerts are recorded all the same)."""
+        results, failures = [], []
+        for alert in alerts:
+            out, due = self._record_alert(ctx, receiver=receiver, **alert)
+            if due:
+                try:
+                    out["autoRollback"] = self._auto_rollback(out["id"], ctx, starter, window)
+                except RollbackNotStarted as exc:
+                    failures.append(exc.message)
+                    out["autoRollback"] = {"status": "failed", "runId": None, "note": exc.message}
+            results.append(out)
+        return results, failures
+
+    def _record_alert(
+        self,
+        ctx: Actor,
+        *,
+        fingerprint: str,
+        status: str,
+        labels: dict[str, Any],
+        annotations: dict[str, Any],
+        starts_at: str | dt.datetime,
+        ends_at: str | dt.datetime | None = None,
+        generator_url: str = "",
+        receiver: str = "",
+    ) -> tuple[dict[str, Any], bool]:
+        """Upsert one alert; append a history event (kind ``alert``) when it is new or changed status and names a
+        registered model. Returns it (with ``recorded``: new, changed or repeated) and whether an automatic
+        rollback is due."""
+        if status not in ALERT_STATUSES:
+            raise InvalidRequest(f"unknown alert status {status!r}; use firing or resolved")
+        if not fingerprint:
+            raise InvalidRequest("an alert needs a fingerprint (Alertmanager sends one with every alert)")
+        start = parse_time(starts_at)
+        if start is None:
+            raise InvalidRequest("an alert needs startsAt")
+        end = parse_time(ends_at)
+        if end is not None and end.year <= 1:  # Alertmanager's zero time: no end yet
+            end = None
+        labels = {str(k): str(v) for k, v in (labels or {}).items()}
+        annotations = {str(k): str(v) for k, v in (annotations or {}).items()}
+        model_name = _alert_model(labels)
+        alertname = labels.get("alertname", "")[:256]
+        severity = (labels.get("severity") or "")[:64] or None
+        with self._tx() as session:
+            model = None
+            if model_name is not None:  # locked first: deliveries for one model queue here
+                query = select(db.Model).where(db.Model.name == model_name).with_for_update()
+                model = session.scalars(query).one_or_none()
+            row = session.scalars(
+                select(db.Alert).where(db.Alert.fingerprint == fingerprint[:128], db.Alert.starts_at == start)
+            ).one_or_none()
+            now = db.utcnow()
+            if row is None:
+                recorded = "new"
+                row = db.Alert(fingerprint=fingerprint[:128], starts_at=start, first_received_at=now, model=model_name)
+                session.add(row)
+            else:
+                recorded = "changed" if row.status != status else "repeated"
+            row.status, row.ends_at, row.alertname, row.severity = status, end, alertname, severity
+            row.labels, row.annotations, row.generator_url, row.received_at = labels, annotations, generator_url, now
+            row.receiver = receiver[:256]
+            try:
+                session.flush()
+            except IntegrityError:
+                raise Conflict(f"alert {fingerprint} was recorded concurrently; send it again") from None
+            if model is not None and recorded != "repeated":
+                summary = _summary(annotations)
+                self._event(
+                    session,
+                    ctx,
+                    model.name,
+                    "alert",
+                    version=_int_label(labels.get("version")),
+                    reason=f"{alertname or 'alert'} {status}" + (f": {summary}" if summary else ""),
+                    details={
+                        "alertId": row.id,
+                        "alertname": alertname,
+                        "severity": severity,
+                        "status": status,
+                        "fingerprint": row.fingerprint,
+                        "startsAt": iso(start),
+                        "endsAt": iso(end),
+                        "summary": summary,
+                        "labels": labels,
+                        "generatorUrl": generator_url or None,
+                        "receiver": receiver or None,
+                    },
+                )
+            due = (
+                model is not None
+                and status == "firing"
+                and model.auto_rollback_on_failing
+                and severity == "critical"
+                and _about_production(labels, model.production_version)
+                and row.rollback_status in (None, "failed")
+            )
+            return alert_dict(row) | {"recorded": recorded}, bool(due)
+
+    def _auto_rollback(
+        self, alert_id: int, ctx: Actor, starter: RollbackStarter | None, window: dt.timedelta
+    ) -> dict[str, Any] | None:
+        """Act on a firing critical alert of a model with auto-rollback on, holding the model's row lock (so two
+        deliveries cannot both start one): another alert's rollback less than ``window`` old -> deduplicated; no
+        earlier version -> declined; else ``starter`` is called. Each outcome is a history event (kind
+        ``auto_rollback``); a starter that raises is recorded as failed, then RollbackNotStarted is raised."""
+        failure: RollbackNotStarted | None = None
+        with self._tx() as session:
+            row = session.get(db.Alert, alert_id)
+            assert row is not None and row.model is not None
+            model = self._model(session, row.model, lock=True)
+            session.refresh(row)
+            if row.rollback_status in ("started", "deduplicated", "declined") or not model.auto_rollback_on_failing:
+                return alert_dict(row)["autoRollback"]  # another delivery acted first, or the setting went off
+            now = db.utcnow()
+            summary = _summary(row.annotations)
+            reason = f"automatic: {row.alertname or 'alert'}" + (f": {summary}" if summary else "")
+            details: dict[str, Any] = {
+                "alertId": row.id,
+                "alertname": row.alertname,
+                "severity": row.severity,
+                "fingerprint": row.fingerprint,
+                "fromVersion": model.production_version,
+            }
+            recent = session.scalars(
+                select(db.Alert)
+                .where(db.Alert.model == model.name, db.Alert.rollback_started_at >= now - window)
+                .order_by(db.Alert.rollback_started_at.desc())
+                .limit(1)
+            ).one_or_none()
+            run_id = ""
+            target = self._rollback_target(session, model)
+            if recent is not None:
+                run_id = recent.rollback_run_id
+                status, note = "deduplicated", f"auto-rollback already started: run {run_id}"
+                details |= {"started": False, "alreadyStarted": run_id, "startedAt": iso(recent.rollback_started_at)}
+            elif model.production_version is None or target is None:
+                status = "declined"
+                note = (
+                    f"no rollback possible: {model.name} has no earlier production version (none superseded) to go "
+                    "back to"
+                    if model.production_version is not None
+                    else f"no rollback possible: {model.name} has no version in production"
+                )
+                details |= {"started": False}
+            elif starter is None:
+                status, note = "failed", _NO_STARTER
+                details |= {"started": False, "error": note}
+                failure = RollbackNotStarted(f"the alert was recorded, but {note}")
+            else:
+                try:
+                    started = starter(model.name, reason)
+                except Exception as exc:  # noqa: BLE001 - recorded, then answered as RollbackNotStarted
+                    status = "failed"
+                    note = f"the automatic rollback could not be started: {ROLLBACK_DAG}: {_cause(exc)}"
+                    details |= {"started": False, "error": _cause(exc)}
+                    failure = RollbackNotStarted(
+                        f"the alert was recorded, but the automatic rollback of {model.name} could not be started: "
+                        f"{_cause(exc)}"
+                    )
+                else:
+                    if started:
+                        run_id, status, note = str(started), "started", reason
+                        row.rollback_started_at = now
+                        details |= {"started": True, "toVersion": target}
+                    else:
+                        status, note = "declined", "the rollback starter started no run"
+                        details |= {"started": False}
+            row.rollback_status, row.rollback_run_id, row.rollback_note = status, run_id, note
+            details |= {"status": status, "dagId": ROLLBACK_DAG if run_id else None, "runId": run_id or None}
+            lineage = Actor(ctx.actor, ctx.principal, ctx.interface, ROLLBACK_DAG if run_id else "", run_id, "")
+            version = target if status == "started" else None
+            self._event(session, lineage, model.name, "auto_rollback", version=version, reason=note, details=details)
+            out = alert_dict(row)["autoRollback"]
+        if failure is not None:
+            raise failure  # after the commit: the failure stays recorded
+        return out
+
+    def list_alerts(
+        self, *, model: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
+        """Alerts, open (firing) ones first, then the newest first."""
+        if status is not None and status not in ALERT_STATUSES:
+            raise InvalidRequest(f"unknown alert status {status!r}; use firing or resolved")
+        query = select(db.Alert)
+        count = select(func.count()).select_from(db.Alert)
+        if model:
+            validate_model_name(model)
+            query, count = query.where(db.Alert.model == model), count.where(db.Alert.model == model)
+        if status:
+            query, count = query.where(db.Alert.status == status), count.where(db.Alert.status == status)
+        open_first = case((db.Alert.status == "firing", 0), else_=1)
+        with self._sessions() as session:
+            rows = session.scalars(
+                query.order_by(open_first, db.Alert.starts_at.desc(), db.Alert.id.desc()).limit(limit).offset(offset)
+            ).all()
+            return {
+                "alerts": [alert_dict(a) for a in rows],
+                "total": session.scalar(count),
+                "limit": limit,
+                "offset": offset,
+            }
+
+    def model_alerts(self, name: str, *, status: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+        with self._sessions() as session:
+            self._model(session, name)  # an unknown model is a 404
+        return {"modelName": name} | self.list_alerts(model=name, status=status, limit=limit, offset=offset)
+
+    # ------------------------------------------------------------------ operations: what /metrics exposes
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Everything /metrics exposes, read in one transaction (plain tuples)."""
+        m, v, h = db.Model, db.ModelVersion, db.HistoryEvent
+        with self._sessions() as session:
+            models = session.execute(
+                select(m.name, m.production_version, m.health_status, m.frozen, m.lock_refusals).order_by(m.name)
+            ).all()
+            versions = session.execute(
+                select(m.name, v.state, func.count()).join(v, v.model_id == m.id).group_by(m.name, v.state)
+            ).all()
+            deployments = session.execute(
+                select(m.name, db.Deployment.target, db.Deployment.label, db.Deployment.version).join(
+                    db.Deployment, db.Deployment.model_id == m.id
+                )
+            ).all()
+            rollbacks = session.execute(
+                select(h.model_name, func.count())
+                .where(h.kind == "transition", h.to_state == ModelState.ROLLED_BACK.value)
+                .group_by(h.model_name)
+            ).all()
+            acquisitions = session.execute(
+                select(h.model_name, func.count())
+                .where(h.kind == "lock", h.reason.startswith("acquired"))
+                .group_by(h.model_name)
+            ).all()
+            ages = session.execute(
+                select(m.name, v.version, v.state, func.coalesce(v.state_changed_at, v.updated_at))
+                .join(v, v.model_id == m.id)
+                .where(v.state.in_(STATE_AGE_STATES))
+            ).all()
+        return {
+            "now": db.utcnow(),
+            "models": [tuple(r) for r in models],
+            "versions": [tuple(r) for r in versions],
+            "deployments": [tuple(r) for r in deployments],
+            "rollbacks": dict(tuple(r) for r in rollbacks),
+            "lock_acquisitions": dict(tuple(r) for r in acquisitions),
+            "state_ages": [tuple(r) for r in ages],
+        }
+
     # ------------------------------------------------------------------ history
 
     def history(
@@ -834,35 +1342,41 @@ class RegistryService:
     # ------------------------------------------------------------------ deployment locks (leases)
 
     def acquire_lock(self, name: str, holder: str, ctx: Actor, *, ttl_seconds: float, run_id: str = "") -> dict:
+        """Take the model's lease. Held by another run: LockHeld, and the refusal is counted (the model's
+        ``lock_refusals``: the lock waits of /metrics), committed before the error is raised."""
         _check_ttl(ttl_seconds)
         with self._tx() as session:
             model = self._ensure_model(session, name, ctx)
             now = db.utcnow()
             lock = session.get(db.DeploymentLock, model.id, with_for_update=True)
-            if lock is not None and lock.expires_at > now:
+            held = lock is not None and lock.expires_at > now
+            if lock is not None and held:
                 if lock.run_id == run_id and lock.holder == holder and run_id:
                     # the same run asking again (a task retry): extend and hand back its lease
                     lock.expires_at = now + dt.timedelta(seconds=ttl_seconds)
                     return _lock_dict(name, lock)
-                raise LockHeld(
+                model.lock_refusals = (model.lock_refusals or 0) + 1
+                refused = LockHeld(
                     f"model {name!r} is being deployed by {lock.holder} (run {lock.run_id or '-'}) until "
                     f"{iso(lock.expires_at)}; wait for it, or for the lease to expire"
                 )
-            taken_over = lock is not None
-            if lock is None:
-                lock = db.DeploymentLock(model_id=model.id)
-                session.add(lock)
-            lock.holder, lock.run_id, lock.token = holder, run_id, secrets.token_hex(16)
-            lock.acquired_at, lock.expires_at = now, now + dt.timedelta(seconds=ttl_seconds)
-            self._event(
-                session,
-                ctx,
-                name,
-                "lock",
-                reason="acquired" + (" (expired lease taken over)" if taken_over else ""),
-                details={"holder": holder, "expiresAt": iso(lock.expires_at)},
-            )
-            return _lock_dict(name, lock)
+            else:
+                taken_over = lock is not None
+                if lock is None:
+                    lock = db.DeploymentLock(model_id=model.id)
+                    session.add(lock)
+                lock.holder, lock.run_id, lock.token = holder, run_id, secrets.token_hex(16)
+                lock.acquired_at, lock.expires_at = now, now + dt.timedelta(seconds=ttl_seconds)
+                self._event(
+                    session,
+                    ctx,
+                    name,
+                    "lock",
+                    reason="acquired" + (" (expired lease taken over)" if taken_over else ""),
+                    details={"holder": holder, "expiresAt": iso(lock.expires_at)},
+                )
+                return _lock_dict(name, lock)
+        raise refused  # after the commit: the refusal stays counted
 
     def renew_lock(self, name: str, token: str, *, ttl_seconds: float) -> dict:
         _check_ttl(ttl_seconds)
@@ -900,6 +1414,56 @@ def _lock_dict(name: str, lock: db.DeploymentLock) -> dict[str, Any]:
 def _check_ttl(ttl: float) -> None:
     if not 0 < ttl <= 86400:
         raise InvalidRequest(f"ttl_seconds must be in (0, 86400], got {ttl}")
+
+
+_NO_STARTER = (
+    "this registry cannot start Airflow runs (no rollback starter: it runs outside Airflow's api-server); "
+    f"trigger {ROLLBACK_DAG} in Airflow"
+)
+
+
+def _need_reason(reason: str, what: str, *, minimum: int = 1) -> str:
+    reason = (reason or "").strip()
+    if len(reason) < minimum:
+        raise InvalidRequest(
+            f"reason is required to {what}" + (f" (at least {minimum} characters)" if minimum > 1 else "")
+        )
+    return reason
+
+
+def _cause(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _alert_model(labels: dict[str, str]) -> str | None:
+    """The model an alert is about (label ``model``, else ``model_name``); None if none or not a model name."""
+    name = labels.get("model") or labels.get("model_name")
+    if not name:
+        return None
+    try:
+        return validate_model_name(name)
+    except InvalidModelName:
+        return None
+
+
+def _about_production(labels: dict[str, str], production: int | None) -> bool:
+    """Whether an alert may concern the production version: not if its labels say it is about the canary pool
+    or another version (a candidate's failure is the candidate's: the release's own checks act on it)."""
+    if labels.get("pool") == "canary":
+        return False
+    version = _int_label(labels.get("version"))
+    return version is None or version == production
+
+
+def _summary(annotations: dict[str, Any]) -> str:
+    return str(annotations.get("summary") or annotations.get("description") or "")[:1000]
+
+
+def _int_label(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _bad_state(state: str) -> ModelState:

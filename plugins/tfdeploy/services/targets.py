@@ -48,6 +48,16 @@ class ServingTarget:
             )
         )
 
+    @property
+    def router_rest_url(self) -> str:
+        """Where clients call the target's models over REST: the router."""
+        return f"http://127.0.0.1:{get_settings().serving_rest_port}"
+
+    @property
+    def router_grpc_target(self) -> str:
+        """Where clients call the target's models over gRPC: the router."""
+        return f"127.0.0.1:{get_settings().serving_grpc_port}"
+
     def router_server(self, replica: int) -> str:
         """The router's name for replica ``replica`` in both backends."""
         return f"{'replica' if self.pool == 'stable' else self.pool}{replica + 1}"

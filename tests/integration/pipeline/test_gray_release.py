@@ -205,7 +205,7 @@ def test_a_bad_candidate_is_stopped_at_its_first_step_and_rolled_back(deploy, ap
     assert api("GET", f"/models/{model}")["version"] == production
     health = api("GET", f"/models/{model}/health", params={"limit": 5})["records"]
     stopped = next(h for h in health if h["version"] == version and h["details"].get("check") == "gray_release")
-    assert stopped["status"] == "unhealthy" and stopped["details"]["metric"] == "error_rate"
+    assert stopped["status"] == "failing" and stopped["details"]["metric"] == "error_rate"
     assert stopped["details"]["values"]["candidate_errors"] > 0
     transitions = api("GET", f"/models/{model}/history", params={"kind": "transition"})["events"]
     rolled = next(e for e in transitions if e["toState"] == "rolled_back" and e["version"] == version)

@@ -4,6 +4,7 @@ check (Airflow does not authenticate plugin apps), and through the RegistryHook'
 from __future__ import annotations
 
 import uuid
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -64,3 +65,83 @@ def test_hook_through_the_airflow_connection():
     with pytest.raises(NotFound):
         hook.get_version(model, 99)
     assert hook.production_version(model) is None and hook.production_version("no-such-model") is None
+
+
+def _firing(model: str, fingerprint: str) -> dict:
+    return {
+        "version": "4",
+        "receiver": "tfdeploy-registry",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "ModelFailing", "severity": "critical", "model": model},
+                "annotations": {"summary": "golden predict differs"},
+                "startsAt": "2026-12-02T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "",
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
+
+
+def test_the_plugin_starts_model_rollback_runs_in_the_api_server(base, airflow):
+    """The plugin's rollback starters against the real api-server: a paused model_rollback is refused (502, the
+    alert recorded); unpaused, an alert's automatic rollback and the page's "roll back to version" each create a
+    model_rollback run with the expected conf. The runs are deleted at once (the DAG paused again first), and
+    the DAG's pause state is restored."""
+    hook = RegistryHook()
+    model = f"autorb-{uuid.uuid4().hex[:6]}"
+    for version in (1, 2):
+        hook.register_version(
+            model,
+            version=version,
+            hdfs_uri=f"hdfs:///models/{model}/{version}",
+            manifest_sha256=f"{version:064x}",
+            context={},
+        )
+        for state in ("validated", "canary", "production"):
+            hook.transition(model, version, state, context={})
+    hook.set_settings(model, auto_rollback_on_failing=True, reason="integration test")
+    headers = {"Authorization": f"Bearer {airflow.token()}"}
+    dag = "/api/v2/dags/model_rollback"
+    was_paused = airflow.wait_for_dag("model_rollback")["is_paused"]
+    runs: list[str] = []
+    try:
+        airflow.request("PATCH", dag, json={"is_paused": True})
+        resp = requests.post(f"{base}/v1/alerts", json=_firing(model, f"fp-{model}"), headers=headers, timeout=30)
+        assert resp.status_code == 502 and resp.json()["error"] == "RollbackNotStarted", resp.text
+        assert "model_rollback is paused" in resp.json()["message"]
+        assert [a.status for a in hook.list_alerts(model)] == ["firing"]  # recorded all the same
+
+        airflow.unpause("model_rollback")
+        try:
+            resp = requests.post(f"{base}/v1/alerts", json=_firing(model, f"fp-{model}"), headers=headers, timeout=30)
+            assert resp.status_code == 200, resp.text
+            auto = resp.json()["alerts"][0]["autoRollback"]
+            assert auto["status"] == "started", auto
+            runs.append(auto["runId"])
+            runs.append(hook.start_rollback(model, 1, reason="integration test: roll back to v1"))
+        finally:
+            airflow.request("PATCH", dag, json={"is_paused": True})
+        automatic, chosen = (airflow.request("GET", f"{dag}/dagRuns/{quote(r, safe='')}") for r in runs)
+        assert automatic["conf"] == {
+            "model_name": model,
+            "version": None,
+            "reason": "automatic: ModelFailing: golden predict differs",
+            "automatic": True,
+        }
+        assert chosen["conf"] == {
+            "model_name": model,
+            "version": 1,
+            "reason": "integration test: roll back to v1",
+            "automatic": False,
+        }
+        assert automatic.get("triggering_user_name", "tfdeploy-registry") == "tfdeploy-registry"
+        kinds = [e["kind"] for e in hook.history(model, limit=20)]
+        assert "auto_rollback" in kinds and "rollback" in kinds
+    finally:
+        for run_id in runs:
+            airflow.request("DELETE", f"{dag}/dagRuns/{quote(run_id, safe='')}")
+        airflow.request("PATCH", dag, json={"is_paused": was_paused})

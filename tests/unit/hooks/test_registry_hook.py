@@ -29,14 +29,17 @@ from tfdeploy.core.errors import (
     NotFound,
     RegistryError,
     RegistryUnavailable,
+    RollbackNotStarted,
     Unauthorized,
 )
 from tfdeploy.core.states import ModelState
 from tfdeploy.hooks.registry import (
+    AlertRecord,
     Deployment,
     HealthRecord,
     Lease,
     ModelRecord,
+    ModelSettings,
     RegistryHook,
     VersionRecord,
 )
@@ -265,7 +268,16 @@ def test_health_round_trip(hook: RegistryHook) -> None:
     assert (latest.status, latest.details) == ("healthy", {"problems": []})
     assert isinstance(latest.at, dt.datetime)
     assert [h.status for h in hook.latest_health(model, limit=5)] == ["healthy", "degraded"]
-    assert hook.get_model(model).health == "healthy"
+    # a model's health is its production version's: nothing in production yet, no model health
+    assert hook.get_model(model).health is None and hook.model_health(model) is None
+    for state in ("validated", "canary", "production"):
+        hook.transition(model, 1, state, context=LINEAGE)
+    assert hook.model_health(model) == "healthy"  # v1's latest check counts now
+    register(hook, model, 2)
+    old_word = hook.record_health(model, version=2, target="s1", status="unhealthy", context=LINEAGE)
+    assert old_word.status == "failing"  # the old word is accepted, stored as the new one
+    assert hook.get_model(model).health == "healthy"  # a candidate's failure is its own
+    assert [h.version for h in hook.latest_health(model, limit=5, version=2)] == [2]
 
 
 def test_serving_and_router_events_go_into_the_history(hook: RegistryHook, registry_port: int) -> None:
@@ -310,6 +322,85 @@ def test_lock_lease_round_trip(hook: RegistryHook) -> None:
     hook.release_lock(model, lease.token, context=LINEAGE)
     hook.release_lock(model, lease.token)  # nobody holds it: a no-op
     assert hook.get_model(model).lock is None
+
+
+def test_settings_and_freeze_round_trip(hook: RegistryHook) -> None:
+    model = "rt-settings"
+    register(hook, model)
+    assert hook.get_settings(model) == ModelSettings()
+    on = hook.set_settings(model, auto_rollback_on_failing=True, reason="on call", context=LINEAGE)
+    assert isinstance(on, ModelSettings) and on.auto_rollback_on_failing and not on.require_approval
+    both = hook.set_settings(model, require_approval=True, reason="audit")
+    assert (both.auto_rollback_on_failing, both.require_approval) == (True, True)
+    with pytest.raises(InvalidRequest, match="nothing to change"):
+        hook.set_settings(model, reason="nothing")
+    frozen = hook.freeze(model, "incident 42", LINEAGE)
+    assert (frozen.frozen, frozen.frozen_by, frozen.frozen_reason) == (True, "api-token", "incident 42")
+    assert isinstance(frozen.frozen_at, dt.datetime) and frozen.frozen_at.tzinfo is not None
+    assert hook.get_model(model).settings == frozen == hook.get_settings(model)
+    lifted = hook.unfreeze(model, "fixed", LINEAGE)
+    assert not lifted.frozen and lifted.frozen_by == "" and lifted.frozen_at is None
+    with pytest.raises(NotFound):
+        hook.get_settings("never-registered")
+
+
+def test_lists_of_models_versions_and_alerts(hook: RegistryHook, registry_port: int) -> None:
+    for i in range(3):
+        register(hook, f"rt-list-{i}", 1)
+    register(hook, "rt-list-0", 2)
+    hook.transition("rt-list-0", 1, "validated", context=LINEAGE)
+    names = [m.model for m in hook.list_models(q="rt-list-", page_size=2)]  # two pages
+    assert names == ["rt-list-0", "rt-list-1", "rt-list-2"]
+    assert [v.version for v in hook.list_versions("rt-list-0")] == [2, 1]
+    assert [v.version for v in hook.list_versions("rt-list-0", state=ModelState.VALIDATED)] == [1]
+
+    payload = {
+        "version": "4",
+        "receiver": "registry",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "ReplicaDown", "severity": "warning", "model": "rt-list-1"},
+                "annotations": {"summary": "replica 1 down"},
+                "startsAt": "2026-12-02T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "",
+                "fingerprint": "abc123",
+            }
+        ],
+    }
+    resp = requests.post(
+        f"http://127.0.0.1:{registry_port}/registry/v1/alerts",
+        json=payload,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    (alert,) = hook.list_alerts("rt-list-1")
+    assert isinstance(alert, AlertRecord) and alert.open and alert.ends_at is None
+    assert (alert.alertname, alert.severity, alert.annotations["summary"]) == (
+        "ReplicaDown",
+        "warning",
+        "replica 1 down",
+    )
+    assert [a.fingerprint for a in hook.list_alerts(status="firing")] == ["abc123"]
+    assert hook.list_alerts("rt-list-2") == []
+
+
+def test_a_rollback_the_registry_cannot_start_is_not_retried(hook: RegistryHook) -> None:
+    """502 RollbackNotStarted is the registry's own answer: raised at once, not retried like a gateway's 502."""
+    model = "rt-rollback"
+    for v in (1, 2):
+        register(hook, model, v)
+        for state in ("validated", "canary", "production"):
+            hook.transition(model, v, state, context=LINEAGE)
+    sent = count_requests(hook)
+    with pytest.raises(RollbackNotStarted, match="cannot start Airflow runs") as exc:
+        hook.start_rollback(model, 1, reason="p99 regression", context=LINEAGE)  # this registry has no starter
+    assert exc.value.status_code == 502 and len(sent) == 1
+    with pytest.raises(Conflict, match="already in production"):
+        hook.start_rollback(model, 2, reason="p99 regression")
 
 
 # --------------------------------------------------------------------------- typed errors

@@ -39,9 +39,20 @@ from tfdeploy.core.manifest import encode_manifest, manifest_sha256
 from tfdeploy.core.models_config import ServedModel, build_model_config
 from tfdeploy.core.states import ModelState, check_transition
 from tfdeploy.hooks.model_store import PublishResult
-from tfdeploy.hooks.registry import HealthRecord, Lease, LockInfo, ModelRecord, Traffic, VersionRecord
+from tfdeploy.hooks.registry import (
+    HealthRecord,
+    Lease,
+    LockInfo,
+    ModelRecord,
+    ModelSettings,
+    Traffic,
+    VersionRecord,
+)
 from tfdeploy.notifiers import DeploymentAlertNotifier
+from tfdeploy.operators import approval as approval_module
 from tfdeploy.operators import base as base_module
+from tfdeploy.operators import diagnose as diagnose_module
+from tfdeploy.operators import health as health_module
 from tfdeploy.operators import lock as lock_module
 from tfdeploy.registry.service import HEALTH
 from tfdeploy.services.serving_target import ConfigChange, label_phases, with_entry
@@ -95,10 +106,11 @@ class Lineage:
 
 @pytest.fixture(autouse=True)
 def lineage(monkeypatch: pytest.MonkeyPatch) -> Lineage:
-    """``run_context`` of base.py and lock.py replaced (the real one calls Airflow's REST API)."""
+    """``run_context`` of every operator module that records lineage replaced (the real one calls Airflow's
+    REST API)."""
     fake = Lineage()
-    monkeypatch.setattr(base_module, "run_context", fake)
-    monkeypatch.setattr(lock_module, "run_context", fake)
+    for module in (base_module, lock_module, approval_module, health_module, diagnose_module):
+        monkeypatch.setattr(module, "run_context", fake)
     return fake
 
 
@@ -171,7 +183,8 @@ class FakeRegistry:
     """The registry's behaviour as the operators see it through ``RegistryHook``: the state machine
     (``check_transition``), production superseding on promotion, ``expected`` (LostRace), locks (LockHeld),
     NotFound for unknown models/versions, the health statuses it knows (InvalidRequest otherwise), a gray
-    release's traffic split and its controls (``traffic``: model -> ``Traffic``; a new canary starts afresh).
+    release's traffic split and its controls (``traffic``: model -> ``Traffic``; a new canary starts afresh),
+    the per-model operations settings (``settings``: model -> ``ModelSettings``).
     Every write is appended to ``writes``; ``fail[method] = exc`` makes that method raise."""
 
     def __init__(self) -> None:
@@ -183,6 +196,7 @@ class FakeRegistry:
         self.health: list[tuple[str, HealthRecord]] = []
         self.traffic: dict[str, Traffic] = {}
         self.rate_limits: dict[str, float | None] = {}
+        self.settings: dict[str, ModelSettings] = {}
         self.writes: list[Write] = []
         self.reads: list[tuple[str, str]] = []
         self.fail: dict[str, BaseException] = {}
@@ -404,9 +418,39 @@ class FakeRegistry:
         self._check("record_serving_event")
         self.events.append((kind, model, version, reason, dict(details or {})))
 
-    def latest_health(self, model: str, *, limit: int = 1) -> list[HealthRecord]:
+    def latest_health(self, model: str, *, limit: int = 1, version: int | None = None) -> list[HealthRecord]:
         self._check("latest_health")
-        return [r for m, r in reversed(self.health) if m == model][:limit]
+        records = [r for m, r in reversed(self.health) if m == model and version in (None, r.version)]
+        return records[:limit]
+
+    # ---------------------------------------------------------------- operations: settings, listings
+
+    def get_settings(self, model: str) -> ModelSettings:
+        """``settings[model]`` (default: all off); NotFound for a model never registered, as the registry."""
+        self._check("get_settings")
+        self.reads.append(("get_settings", model))
+        if model not in self.models:
+            raise NotFound(f"model {model!r} not found")
+        return self.settings.get(model, ModelSettings())
+
+    def list_models(self, *, q: str = "", page_size: int = 1000) -> list[ModelRecord]:
+        """Every model (name containing ``q``), by name (without the lock: the list API has none)."""
+        self._check("list_models")
+        return [replace(self.get_model(m), lock=None) for m in sorted(self.models) if q in m]
+
+    def list_versions(
+        self, model: str, *, state: ModelState | str | None = None, limit: int = 1000
+    ) -> list[VersionRecord]:
+        """The model's versions, newest first, in ``state`` if given."""
+        self._check("list_versions")
+        self.reads.append(("list_versions", model))
+        wanted = None if state is None else ModelState(state)
+        records = sorted(
+            (r for (m, _), r in self.versions.items() if m == model and wanted in (None, r.state)),
+            key=lambda r: r.version,
+            reverse=True,
+        )
+        return records[:limit]
 
     # ---------------------------------------------------------------- gray releases: traffic split and controls
 

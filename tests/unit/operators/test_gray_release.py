@@ -211,7 +211,7 @@ def test_a_breach_is_recorded_and_fails_the_task_with_the_metric_and_the_lag(
     assert "candidate weight set to 0 0.25s after the breach was seen" in message
 
     [(model, health)] = released.health
-    assert model == MODEL and health.version == 2 and health.target == TARGET and health.status == "unhealthy"
+    assert model == MODEL and health.version == 2 and health.target == TARGET and health.status == "failing"
     assert health.details["check"] == "gray_release" and health.details["metric"] == "error_rate"
     assert health.details["weight"] == 50 and health.details["values"] == VALUES
     assert health.details["problems"] == [message]  # what the rollback's reason and alert quote
@@ -285,7 +285,11 @@ def test_the_rollback_after_a_breach_names_the_gray_release_and_its_problem(
         router=router,
     )
     rollout = {"model": MODEL, "version": 2, "target": TARGET, "stable": 1}
-    out = rollback.execute(make_context("rollback", {"export": exported(2), "rollout": rollout, "smoke": {}}))
+    out = rollback.execute(
+        make_context(
+            "rollback", {"export": exported(2), "rollout": rollout, "smoke": {}, "approval": {"approved": True}}
+        )
+    )
     assert out["failed_step"] == "gray_release" and out["restored"] == 1
     assert router.weight_map == {} and router.routes == {}
     assert released.state(2) == "rolled_back"

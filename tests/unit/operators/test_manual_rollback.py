@@ -196,3 +196,78 @@ def test_unknown_version(registry: FakeRegistry, service: FakeService, fake_stor
     with pytest.raises(NotFound):
         manual(registry, service, version=9).execute(context())
     assert service.calls == {}
+
+
+def test_no_version_goes_back_to_the_newest_superseded(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
+    registry.seed(1, "superseded", manifest_sha256=V1_SHA)
+    registry.seed(2, "superseded")
+    registry.seed(3, "production")
+    registry.seed(4, "rolled_back")  # newer, but never rolled back to
+    service.serve(3, stable=3)
+
+    result = manual(registry, service, version=None).execute(context())
+
+    assert result == {"model": MODEL, "version": 2, "previous": 3, "changed": True}
+    assert service.config[MODEL].versions == (2,)
+    assert registry.transitions() == [(3, "production", "rolled_back"), (2, "superseded", "production")]
+    assert ("list_versions", MODEL) in registry.reads
+
+
+def test_no_version_and_none_superseded_changes_nothing(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
+    registry.seed(1, "rolled_back")
+    registry.seed(2, "production")
+    service.serve(2, stable=2)
+
+    with pytest.raises(AirflowFailException, match="no earlier version to go back to"):
+        manual(registry, service, version=None).execute(context())
+    assert service.calls == {}
+    assert registry.writes == []
+
+
+def test_an_automatic_rollback_is_recorded_as_such(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
+    promoted_v2(registry, service)
+    why = "automatic: model_health found v2 failing: served outputs via the router differ"
+
+    manual(registry, service, version=None, reason=why).execute(context())
+
+    reason = f"automatic rollback to v1: {why}"
+    assert {w.args["reason"] for w in registry.writes_of("transition")} == {reason}
+    assert registry.writes_of("set_deployment")[0].args["reason"] == reason
+
+
+def test_the_traffic_split_is_recorded_all_on_the_version(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
+    promoted_v2(registry, service)
+
+    manual(registry, service).execute(context())
+
+    [traffic] = registry.writes_of("set_traffic")
+    assert traffic.args == {
+        "stable_version": 1,
+        "canary_version": None,
+        "canary_weight": 0,
+        "reason": REASON,
+        "context": traffic.args["context"],
+    }
+    assert traffic.args["context"]["dagId"] == "model_rollback"
+    split = registry.traffic[MODEL]
+    assert (split.stable_version, split.stable_weight, split.canary_version, split.canary_weight) == (1, 100, None, 0)
+
+
+def test_a_serving_event_names_the_reason(
+    registry: FakeRegistry, service: FakeService, fake_store: FakeModelStore
+) -> None:
+    promoted_v2(registry, service)
+
+    manual(registry, service).execute(context())
+
+    [(kind, model, _, reason, details)] = registry.events
+    assert (kind, model, reason) == ("serving", MODEL, REASON)
+    assert details["versions"] == [1] and details["labels"] == {"stable": 1}

@@ -24,7 +24,7 @@ from tests.unit.operators.conftest import (
 from tfdeploy.core.errors import RouterError, ServingReloadError
 from tfdeploy.core.models_config import ServedModel
 from tfdeploy.core.states import ModelState
-from tfdeploy.notifiers import DeploymentAlertNotifier
+from tfdeploy.notifiers import DeploymentAlertNotifier, alert_notifiers
 from tfdeploy.operators import rollback as rollback_module
 from tfdeploy.operators import rollout as rollout_module
 from tfdeploy.operators.rollback import RollbackOperator
@@ -52,6 +52,7 @@ def context(**xcoms: Any) -> dict:
 
 ROLLOUT = {"model": MODEL, "version": 2, "target": TARGET, "stable": 1}
 GRAY = {"model": MODEL, "version": 2, "steps": [], "outcome": "passed"}  # the gray release passed
+APPROVAL = {"approved": True, "by": None, "required": False}  # no approval was required
 
 
 def smoke_failed(registry: FakeRegistry, service: FakeService, canary: FakeService, router: FakeRouter) -> dict:
@@ -60,7 +61,7 @@ def smoke_failed(registry: FakeRegistry, service: FakeService, canary: FakeServi
     registry.seed(2, "canary")
     registry.deployments.update({(MODEL, TARGET, "stable"): 1, (MODEL, TARGET, "canary"): 2})
     registry.record_health(
-        MODEL, version=2, target=TARGET, status="unhealthy", details={"problems": ["parity off by 0.37"]}, context={}
+        MODEL, version=2, target=TARGET, status="failing", details={"problems": ["parity off by 0.37"]}, context={}
     )
     registry.writes.clear()
     service.serve(1, stable=1)
@@ -83,7 +84,7 @@ def promote_failed(
         canary.serve(2, canary=2)
         router.routes[f"{MODEL}/2"] = "canary"
     service.serve(1, 2, stable=2)
-    return context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, gray_release=GRAY)
+    return context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, approval=APPROVAL, gray_release=GRAY)
 
 
 def canary_cleaned(canary: FakeService, router: FakeRouter) -> None:
@@ -98,7 +99,8 @@ def canary_cleaned(canary: FakeService, router: FakeRouter) -> None:
 def test_defaults() -> None:
     op = RollbackOperator(task_id="rollback", model_name=MODEL)
     assert op.trigger_rule == "one_failed"
-    assert [type(n) for n in op.notifiers] == [DeploymentAlertNotifier]
+    assert op.notifiers is None  # alert_notifiers(): the log and alerts.log, and a mail when ALERT_EMAIL_TO is set
+    assert DeploymentAlertNotifier in {type(n) for n in alert_notifiers("subject", "message")}
 
 
 def test_nothing_exported_skips(
@@ -250,7 +252,7 @@ def test_restore_keeps_no_version_above_the_one_restored(
     service.serve(1, 2, 3, stable=2)  # a v3 left over in the stable pool
 
     result = Rollback(registry, service, canary, router).execute(
-        context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, gray_release=GRAY)
+        context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, approval=APPROVAL, gray_release=GRAY)
     )
 
     assert result["served"] == [1]
@@ -271,6 +273,7 @@ def test_restore_keeps_older_versions(
             export=exported(3),
             rollout={**ROLLOUT, "version": 3, "stable": 2},
             smoke={"version": 3},
+            approval=APPROVAL,
             gray_release={**GRAY, "version": 3},
         )
     )
@@ -305,7 +308,13 @@ def test_failed_first_promotion_empties_the_stable_pool(
     service.serve(2, stable=2)  # promote loaded it, then failed
 
     result = Rollback(registry, service, canary, router).execute(
-        context(export=exported(2), rollout={**ROLLOUT, "stable": None}, smoke={"version": 2}, gray_release=GRAY)
+        context(
+            export=exported(2),
+            rollout={**ROLLOUT, "stable": None},
+            smoke={"version": 2},
+            approval=APPROVAL,
+            gray_release=GRAY,
+        )
     )
 
     assert (result["restored"], result["served"], result["failed_step"]) == (None, [], "promote")
@@ -447,7 +456,7 @@ def test_unknown_failed_step(
     registry: FakeRegistry, service: FakeService, canary: FakeService, router: FakeRouter
 ) -> None:
     smoke_failed(registry, service, canary, router)
-    ctx = context(export=exported(2), rollout=ROLLOUT, smoke={}, gray_release={}, promote={})
+    ctx = context(export=exported(2), rollout=ROLLOUT, smoke={}, approval={}, gray_release={}, promote={})
     rb = Rollback(registry, service, canary, router)
 
     assert rb.execute(ctx)["failed_step"] == "unknown"
@@ -481,7 +490,7 @@ def test_previous_unloaded_by_a_failed_promotion_is_staged_again(
     service.serve(2, stable=2)
 
     result = Rollback(registry, service, canary, router).execute(
-        context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, gray_release=GRAY)
+        context(export=exported(2), rollout=ROLLOUT, smoke={"version": 2}, approval=APPROVAL, gray_release=GRAY)
     )
 
     assert result["served"] == [1]

@@ -107,7 +107,7 @@ def test_noisy_answers_fail_unhealthy(registry: FakeRegistry, service: FakeServi
         smoke(registry, service, canary).execute(context())
 
     status, details = health(registry)
-    assert status == "unhealthy"
+    assert status == "failing"
     assert len(details["problems"]) == 2
     assert "via version differ from validation's by 0.37" in details["problems"][0]
     assert "via label canary differ" in details["problems"][1]
@@ -150,7 +150,7 @@ def test_failed_requests_are_counted(registry: FakeRegistry, service: FakeServic
     with pytest.raises(AirflowFailException, match="2 of 10 requests failed"):
         smoke(registry, service, canary).execute(context())
     status, details = health(registry)
-    assert (status, details["errors"]) == ("unhealthy", 2)
+    assert (status, details["errors"]) == ("failing", 2)
 
 
 def test_missing_signature_in_metadata_fails(registry: FakeRegistry, service: FakeService, canary: FakeService) -> None:
@@ -278,4 +278,4 @@ def test_answers_of_another_shape_are_a_parity_failure(
 
     with pytest.raises(AirflowFailException, match=r"served outputs via version have \d+ values, validation's"):
         smoke(registry, service, canary).execute(context())
-    assert health(registry)[0] == "unhealthy"
+    assert health(registry)[0] == "failing"

@@ -74,6 +74,11 @@ class ModelStoreHook(ModelStoreBase):
             self, model, version, local_dir, expected_manifest_sha256=expected_manifest_sha256, durable=durable
         )
 
+    def put_file(self, path: str, data: bytes) -> str:
+        """Write ``data`` as the HDFS file ``path`` (any absolute path, not only under ``base_path``) atomically:
+        a hidden temp name beside it, then rename2; never overwrites. Returns its ``webhdfs://`` URI."""
+        return _publish.put_file(self, path, data)
+
     def download_tree(self, hdfs_path: str, local_dir: str | os.PathLike[str]) -> Path:
         """Download any HDFS directory (or file) into local_dir (absent or empty); returns local_dir."""
         return _fetch.download_tree(self, hdfs_path, local_dir)

@@ -227,6 +227,37 @@ def rename2(hook: ModelStoreBase, src: str, dst: str) -> bool:
     return True
 
 
+def put_file(hook: ModelStoreBase, path: str, data: bytes) -> str:
+    """Write ``data`` as the HDFS file ``path`` atomically: uploaded to a hidden temp name beside it
+    (``.tmp-<name>-<uuid8>``), its length checked, then moved into place with rename2, so a reader never sees
+    a partial file and an existing file is never overwritten. The parent directory is created if missing.
+    Returns the file's ``webhdfs://`` URI; raises :class:`PublishError` (nothing left behind) otherwise."""
+    parent, name = posixpath.split(path)
+    if not parent.startswith("/") or not name:
+        raise ValueError(f"an absolute HDFS file path is needed, got {path!r}")
+    tmp = f"{parent}/{TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        hook.client.makedirs(parent)
+        hook.client.write(tmp, data=data, overwrite=False)
+        length = (hook.client.status(tmp, strict=False) or {}).get("length")
+        if length != len(data):
+            raise PublishError(f"{tmp} holds {length} bytes after writing {len(data)}; retry")
+        moved = rename2(hook, tmp, path)
+    except BaseException as exc:
+        hook.remove_quietly(tmp)
+        if isinstance(exc, HdfsError):
+            raise PublishError(
+                f"writing {path} failed: {exc}; nothing was written (is HDFS up, and {parent}'s parent owned by the "
+                "user of the webhdfs Connection?)"
+            ) from exc
+        raise
+    if not moved:
+        hook.remove_quietly(tmp)
+        raise PublishError(f"{path} exists already: a file is never overwritten; write it under another name")
+    hook.log.info("Wrote %s (%d bytes)", path, len(data))
+    return hook.uri_for(path)
+
+
 def clean_stale_temp(
     hook: ModelStoreBase, model: str, *, older_than: timedelta = STALE_AFTER, children: Children | None = None
 ) -> list[str]:
