@@ -190,3 +190,101 @@ def test_the_rollback_follows_a_failed_gray_release(deploy):
     assert rollback.trigger_rule == "one_failed"
     assert "gray_release" in GUARDED_STEPS
     assert "gray_release" in deploy.task_dict["smoke"].get_flat_relative_ids(upstream=False)
+
+
+# --------------------------------------------------------------------------- model_deploy's approval step
+
+
+def test_the_approval_params_and_their_defaults(deploy):
+    defaults = deploy.params.dump()
+    assert (defaults["require_approval"], defaults["approval_timeout_seconds"]) == (False, 3600)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("require_approval", "yes"), ("approval_timeout_seconds", 0), ("approval_timeout_seconds", 7 * 86400 + 1)],
+)
+def test_the_approval_params_refuse_what_the_schema_can_tell(deploy, name, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        param(deploy, name).resolve(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("require_approval", True), ("approval_timeout_seconds", 1), ("approval_timeout_seconds", 604800)],
+)
+def test_the_approval_params_take_good_values(deploy, name, value):
+    assert param(deploy, name).resolve(value) == value
+
+
+def test_the_approval_step_renders_the_run_s_params_natively(deploy):
+    """The operator takes only the bool True as "required" and a number as the timeout: the templates must
+    render to those (render_template_as_native_obj), not to the strings "True" and "3600"."""
+    from tfdeploy.operators.approval import ReleaseApprovalOperator
+
+    approval = deploy.task_dict["approval"]
+    assert isinstance(approval, ReleaseApprovalOperator)
+    assert approval.retries == 0 and approval.retriable is False  # over the DAG's default retries
+    assert approval.fail_on_reject is True and approval.defaults == ["Reject"]
+    context = {"params": deploy.params.dump() | {"require_approval": True, "approval_timeout_seconds": 15}}
+    env = deploy.get_template_env()
+    assert approval.render_template(approval.require_approval, context, env) is True
+    assert approval.render_template(approval.timeout_seconds, context, env) == 15
+    assert approval.render_template(approval.model_name, context, env) == "demo_regressor"
+
+
+# --------------------------------------------------------------------------- the operations DAGs
+
+
+@pytest.mark.parametrize("dag_id", ["model_rollback", "model_health", "model_diagnose"])
+def test_the_operations_dags_are_active_from_the_start(dagbag, dag_id):
+    """Alerts and the health checks start them: nobody is there to unpause them first."""
+    assert dagbag.dags[dag_id].is_paused_upon_creation is False
+
+
+def test_model_health_checks_then_triggers_one_rollback_per_model(dagbag):
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    from tfdeploy.notifiers import alert_notifiers
+    from tfdeploy.operators.health import ModelHealthOperator
+
+    health = dagbag.dags["model_health"]
+    assert set(health.task_dict) == {"check", "auto_rollback"}
+    check, rollback = health.task_dict["check"], health.task_dict["auto_rollback"]
+    assert isinstance(check, ModelHealthOperator)
+    assert check.notifiers is alert_notifiers
+    assert check.downstream_task_ids == {"auto_rollback"}
+    assert isinstance(rollback, MappedOperator) and rollback.operator_class is TriggerDagRunOperator
+    assert rollback.partial_kwargs["trigger_dag_id"] == "model_rollback"
+    assert rollback.partial_kwargs["wait_for_completion"] is False
+    conf = rollback.expand_input.value["conf"]
+    assert (conf.operator, conf.key) == (check, "return_value")  # one run per conf check returns
+    assert health.max_active_runs == 1 and health.catchup is False
+
+
+def test_model_health_runs_every_5_minutes_on_all_production_models_by_default(dagbag):
+    import os
+
+    health = dagbag.dags["model_health"]
+    assert health.timetable.expression == (os.environ.get("MODEL_HEALTH_SCHEDULE", "").strip() or "*/5 * * * *")
+    assert health.params.dump() == {"models": []}
+    check = health.task_dict["check"]
+    context = {"params": {"models": ["demo_regressor"]}}
+    assert health.render_template_as_native_obj is True
+    assert check.render_template(check.models, context, health.get_template_env()) == ["demo_regressor"]
+
+
+@pytest.mark.parametrize("version", [1, None])
+def test_a_rollback_conf_of_model_health_is_valid_for_model_rollback(dagbag, version):
+    """What ModelHealthOperator returns (one conf per model) passes model_rollback's Params."""
+    import copy
+
+    params = copy.deepcopy(dagbag.dags["model_rollback"].params)
+    conf = {"model_name": "demo_regressor", "version": version, "reason": "automatic: model_health found v2 failing"}
+    assert set(conf) <= set(params)
+    params.update(conf)
+    resolved = params.validate()
+    assert {name: resolved[name] for name in conf} == conf

@@ -77,7 +77,8 @@ class ModelHealthOperator(BaseOperator):
         replicas = TFServingHook(target.tfserving_conn_id).replicas()
         router = TFServingHook(None, grpc_target=target.router_grpc_target, rest_url=target.router_rest_url)
         prometheus = PrometheusHook(self.prometheus_conn_id)
-        names = [validate_model_name(m) for m in (self.models or [])] or [
+        given = [self.models] if isinstance(self.models, str) else list(self.models or [])
+        names = [validate_model_name(m) for m in given] or [
             m.model for m in self.registry.list_models() if m.production_version is not None
         ]
         rollbacks: list[dict[str, Any]] = []

@@ -1448,8 +1448,10 @@ def _alert_model(labels: dict[str, str]) -> str | None:
 
 def _about_production(labels: dict[str, str], production: int | None) -> bool:
     """Whether an alert may concern the production version: not if its labels say it is about the canary pool
-    or another version (a candidate's failure is the candidate's: the release's own checks act on it)."""
-    if labels.get("pool") == "canary":
+    or another version (a candidate's failure is the candidate's: the release's own checks act on it), nor if its
+    rule says a rollback would not help (``rollback="no"``: a replica or the router down is not the version's
+    fault; going back to an earlier version would not bring it back)."""
+    if labels.get("pool") == "canary" or labels.get("rollback") == "no":
         return False
     version = _int_label(labels.get("version"))
     return version is None or version == production
