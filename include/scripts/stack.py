@@ -764,6 +764,9 @@ def airflow_env(s: Settings) -> dict[str, str]:
         ),
         "DOCKER_HOST": s.docker_host,
         "TFDEPLOY_STACK": s.stack,
+        # model_health every 5 minutes on your stack; the test stack's tests start it themselves (a scheduled
+        # check in the middle of a test would add its own history, alerts and load)
+        "MODEL_HEALTH_SCHEDULE": os.environ.get("MODEL_HEALTH_SCHEDULE", "" if s.stack == "test" else "*/5 * * * *"),
         "TFDEPLOY_STATE_DIR": str(s.state_dir),
         "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
         "NO_PROXY": "127.0.0.1,localhost," + os.environ.get("NO_PROXY", ""),
