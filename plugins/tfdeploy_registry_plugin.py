@@ -10,18 +10,45 @@ This file is where the api-server composes the registry, handing it what reaches
   "Roll back to version". A missing or paused DAG, or Params Airflow refuses, raise: no run is started and the
   registry answers 502 RollbackNotStarted;
 - an alert notifier that mails Alertmanager's new or changed alerts (tfdeploy.notifiers: Airflow's SMTP
-  provider), which the registry calls after recording them."""
+  provider), which the registry calls after recording them;
+- a performance source: a model's live request rate, error rate, p50 and p99 per pool over the last 5 minutes,
+  from Prometheus (PrometheusHook, Connection prometheus_default; TF Serving's request_count and latency histogram
+  as the stack's Prometheus labels them). Prometheus unreachable: it raises, the registry answers
+  ``available: false`` with the reason;
+- a logs source: the recent log lines of every replica of the `local` target's stable and canary pools
+  (ServingHostHook.server_logs on the Docker engine), the lines that mention the model (the whole tail when none
+  does), each through the redactor the diagnosis bundles use (tfdeploy.core.redaction, knowing the configured
+  secrets);
+- WebHDFS' base URL (the ``webhdfs_default`` Connection, else the stack's settings), for the diagnosis bundles'
+  download links."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import math
+import os
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airflow.plugins_manager import AirflowPlugin
 
 from tfdeploy.registry.api import create_app
 
+if TYPE_CHECKING:
+    from tfdeploy.core.redaction import Redactor
+    from tfdeploy.hooks.prometheus import PrometheusHook
+
 ROLLBACK_DAG = "model_rollback"
 TRIGGERING_USER = "tfdeploy-registry"  # the runs' triggering user (the registry's history records who asked)
+SERVING_TARGET = "local"
+PERFORMANCE_WINDOW = "5m"
+PROMETHEUS_TIMEOUT_S = 5.0  # each query; the first that fails ends the answer (the page waits at most this long)
+LOG_SCAN_LINES = 2000  # each container's last lines searched for the ones mentioning the model
+DOCKER_TIMEOUT_S = 10
+REDACTOR_TTL_S = 60.0  # the configured secrets are read again after this long
 
 
 def apply_rate_limit(model: str, rps: float | None) -> None:
@@ -85,6 +112,144 @@ def mail_alerts(alerts: list[dict[str, Any]]) -> None:
             notifier.notify({})
 
 
+def performance_queries(model: str, window: str = PERFORMANCE_WINDOW) -> dict[str, str]:
+    """PromQL over TF Serving's families for ``model``, by pool (the label the stack's Prometheus gives every
+    serving replica: include/monitoring/rules.yml): request rate by status, and the p50 / p99 of the latency
+    histogram (microseconds; OK requests only)."""
+    name = model.replace("\\", "\\\\").replace('"', '\\"')
+    selector = f'{{model_name="{name}"}}'
+    buckets = f"sum by (pool, le) (rate(:tensorflow:serving:request_latency_bucket{selector}[{window}]))"
+    return {
+        "requests": f"sum by (pool, status) (rate(:tensorflow:serving:request_count{selector}[{window}]))",
+        "p50": f"histogram_quantile(0.5, {buckets})",
+        "p99": f"histogram_quantile(0.99, {buckets})",
+    }
+
+
+def model_performance(model: str, prometheus: PrometheusHook | None = None) -> dict[str, Any]:
+    """``model``'s live performance per pool over the last 5 minutes: requests per second, the share of them
+    answered with a status other than OK (null without requests), p50 and p99 latency in milliseconds (null
+    without successful requests). Raises PrometheusError when Prometheus cannot be asked."""
+    if prometheus is None:
+        from tfdeploy.hooks.prometheus import PrometheusHook
+
+        prometheus = PrometheusHook(timeout=PROMETHEUS_TIMEOUT_S)
+    queries = performance_queries(model)
+    pools: dict[str, dict[str, float | None]] = {}
+
+    def row(metric: dict[str, str]) -> dict[str, float | None]:
+        empty: dict[str, float | None] = {"requestRate": None, "errorRate": None, "p50Ms": None, "p99Ms": None}
+        return pools.setdefault(metric.get("pool") or "none", empty)
+
+    totals: dict[str, float] = {}
+    failed: dict[str, float] = {}
+    for result in prometheus.query(queries["requests"]):
+        pool = result["metric"].get("pool") or "none"
+        row(result["metric"])
+        value = result["value"] if math.isfinite(result["value"]) else 0.0
+        totals[pool] = totals.get(pool, 0.0) + value
+        if result["metric"].get("status") != "OK":
+            failed[pool] = failed.get(pool, 0.0) + value
+    for pool, total in totals.items():
+        pools[pool]["requestRate"] = total
+        pools[pool]["errorRate"] = failed.get(pool, 0.0) / total if total > 0 else None
+    for field, query in (("p50Ms", queries["p50"]), ("p99Ms", queries["p99"])):
+        for result in prometheus.query(query):
+            value = result["value"]
+            row(result["metric"])[field] = value / 1000.0 if math.isfinite(value) else None
+    return {"window": PERFORMANCE_WINDOW, "pools": pools}
+
+
+_redactor_lock = threading.Lock()
+_redactor_cache: tuple[float, Redactor] | None = None
+
+
+def _redactor() -> Redactor:
+    """The diagnosis bundles' redactor (every configured secret's value, and the secret patterns), read again
+    after REDACTOR_TTL_S."""
+    global _redactor_cache
+    from tfdeploy.core.redaction import Redactor
+    from tfdeploy.services.diagnosis import configured_secrets
+
+    with _redactor_lock:
+        if _redactor_cache is None or time.monotonic() - _redactor_cache[0] > REDACTOR_TTL_S:
+            _redactor_cache = (time.monotonic(), Redactor(configured_secrets()))
+        return _redactor_cache[1]
+
+
+def mentions(model: str) -> re.Pattern[str]:
+    """A line mentioning ``model`` by name (not as part of a longer name)."""
+    return re.compile(rf"(?<![\w.-]){re.escape(model)}(?![\w-])")
+
+
+def pick_lines(text: str, model: str, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``text`` that mention ``model``; the last ``lines`` lines if none does."""
+    every = text.splitlines()
+    pattern = mentions(model)
+    about = [line for line in every if pattern.search(line)]
+    return (about or every)[-lines:]
+
+
+def replica_logs(model: str, lines: int, *, redactor: Redactor | None = None) -> dict[str, list[str]]:
+    """The recent log lines of every replica of the stable and canary pools, by container (pick_lines), redacted.
+    A replica without a container, or whose logs cannot be read, gives one line in parentheses saying so."""
+    from tfdeploy.core.errors import ServerNotFound
+    from tfdeploy.hooks.serving_host import ServingHostHook
+    from tfdeploy.hooks.tfserving import TFServingHook
+    from tfdeploy.services.targets import POOLS, get_target
+
+    redact = (redactor or _redactor()).redact_text
+    out: dict[str, list[str]] = {}
+    for pool in POOLS:
+        target = get_target(SERVING_TARGET, pool=pool)
+        try:
+            count = len(TFServingHook(target.tfserving_conn_id).replicas())
+        except Exception as exc:  # noqa: BLE001 - the pool's Connection is unusable: say so, go on
+            out[f"{target.container_name} ({pool} pool)"] = [redact(f"(replicas unknown: {type(exc).__name__}: {exc})")]
+            continue
+        host = ServingHostHook(
+            target.serving_host_conn_id, model_root=target.model_root, docker_timeout=DOCKER_TIMEOUT_S
+        )
+        try:
+            for replica in range(count):
+                name = target.container(replica)
+                try:
+                    text = host.server_logs(name, tail=max(lines, LOG_SCAN_LINES))
+                except ServerNotFound:
+                    out[name] = [f"(no container {name}: this {pool} replica is not running)"]
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one container's logs: the others still count
+                    out[name] = [redact(f"(logs unavailable: {type(exc).__name__}: {exc})")]
+                    continue
+                out[name] = [redact(line) for line in pick_lines(text, model, lines)]
+        finally:
+            host.close()
+    return out
+
+
+def webhdfs_base_url() -> str:
+    """WebHDFS' base URL (``http://host:port``): the ``webhdfs_default`` Connection as the environment gives it
+    (URI or JSON), else the stack's settings."""
+    raw = os.environ.get("AIRFLOW_CONN_WEBHDFS_DEFAULT", "").strip()
+    host, port, ssl = None, None, False
+    try:
+        if raw.startswith("{"):
+            conn = json.loads(raw)
+            extra = conn.get("extra") or {}
+            extra = json.loads(extra) if isinstance(extra, str) else extra
+            host, port, ssl = conn.get("host"), conn.get("port"), bool(extra.get("use_ssl"))
+        elif raw:
+            parts = urlsplit(raw)
+            host, port, ssl = parts.hostname, parts.port, "use_ssl=true" in parts.query.lower()
+    except ValueError:
+        host = None
+    if host:
+        return f"{'https' if ssl else 'http'}://{host}" + (f":{port}" if port else "")
+    from tfdeploy.settings import get_settings
+
+    return get_settings().webhdfs_url
+
+
 class TfdeployRegistryPlugin(AirflowPlugin):
     name = "tfdeploy_registry"
     fastapi_apps = [
@@ -94,6 +259,9 @@ class TfdeployRegistryPlugin(AirflowPlugin):
                 rollback_starter=start_automatic_rollback,
                 rollback_starter_to=start_rollback_to,
                 alert_notifier=mail_alerts,
+                performance_source=model_performance,
+                logs_source=replica_logs,
+                webhdfs_url=webhdfs_base_url(),
             ),
             "url_prefix": "/registry",
             "name": "Model registry",

@@ -4,7 +4,9 @@ The registry runs standalone in-process on a free loopback port, with data seede
 the test checks what a person would: the auth message without a token, the model list and its filters, a
 model's production/canary, the version timeline and its links to Airflow, the gray release's traffic split,
 rate limit and release controls, the production version's health and the recent checks, open alerts, the
-settings toggles, freeze/unfreeze and "roll back to version", and saves a full-page screenshot.
+settings toggles, freeze/unfreeze and "roll back to version", and saves a full-page screenshot; then the live
+performance per pool, the replica logs (collapsed, fetched when opened) and the diagnosis bundles with their
+download links, from fake sources in place of the plugin's (Prometheus, the Docker engine; WebHDFS' URL).
 It needs no other service of the stack.
 """
 
@@ -21,6 +23,7 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
+from tfdeploy.core.errors import PrometheusError
 from tfdeploy.registry.api import create_app
 from tfdeploy.registry.config import RegistryConfig
 from tfdeploy.registry.service import Actor, RegistryService
@@ -34,6 +37,26 @@ RUN_V3 = "scheduled__2026-11-25T02:00:00+00:00"
 MANUAL_RUN = "manual__2026-12-02T11:00:00+00:00"
 AUTO_RUN = "manual__2026-12-02T10:00:05+00:00"
 ESCAPED_REASON = "<b>accuracy below gate</b> & <script>window.pwned = 1</script>"
+WEBHDFS = "http://hdfs.example:9870"
+BUNDLE_OLD = "/diagnostics/fraud-detector/20261201T080000Z-manual__2026-12-01T08_00_00_00_00.tar.gz"
+BUNDLE_NEW = "/diagnostics/fraud-detector/20261202T100010Z-manual__2026-12-02T10_00_05_00_00.tar.gz"
+PERFORMANCE = {
+    "window": "5m",
+    "pools": {
+        "stable": {"requestRate": 12.5, "errorRate": 0.002, "p50Ms": 3.25, "p99Ms": 48.7},
+        "canary": {"requestRate": 1.4, "errorRate": 0.25, "p50Ms": 4.1, "p99Ms": 120.0},
+    },
+}
+REPLICA_LOGS = {
+    "tfdeploy-local": [
+        "2026-12-02 10:00:01 Successfully loaded servable version {name: fraud-detector version: 2}",
+        f"2026-12-02 10:00:02 fraud-detector request Authorization: Bearer {TOKEN}",
+    ],
+    "tfdeploy-local-1": ["2026-12-02 10:00:01 Successfully loaded servable version {name: fraud-detector version: 2}"],
+    "tfdeploy-local-canary": [
+        "2026-12-02 10:00:03 Successfully loaded servable version {name: fraud-detector version: 3}"
+    ],
+}
 LAUNCH_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -117,6 +140,15 @@ def _seed(service: RegistryService) -> None:
         reason="canary step 1",
     )
     service.set_rate_limit("fraud-detector", 50, by("alice", interface="ui"), reason="protect the GPU pool")
+    for path, reason in ((BUNDLE_OLD, "diagnosis: on demand"), (BUNDLE_NEW, "rollback of v2: golden answers wrong")):
+        service.record_serving_event(
+            "fraud-detector",
+            "diagnosis",
+            by("airflow", AUTO_RUN if path == BUNDLE_NEW else RUN_V2, "diagnose"),
+            version=2,
+            reason=reason,
+            details={"path": path, "parts": ["README.txt", "manifest.json"], "missing": {}},
+        )
     service.acquire_lock("fraud-detector", "deploy_fraud_detector", by("alice", RUN_V3), ttl_seconds=900, run_id=RUN_V3)
 
     service.register_version("churn-predictor", by("bob", interface="cli"), metrics={"rmse": 0.31})
@@ -142,7 +174,19 @@ def rollbacks() -> list[tuple[str, int, str]]:
 
 
 @pytest.fixture
-def registry_url(tmp_path: Path, rollbacks: list) -> Iterator[str]:
+def log_calls() -> list[tuple[str, int]]:
+    """The replica-log fetches the page made (the plugin's source would have read the containers' logs)."""
+    return []
+
+
+def performance(model: str) -> dict:
+    if model == "churn-predictor":
+        raise PrometheusError("Prometheus at http://127.0.0.1:9090/api/v1/query did not answer: Connection refused")
+    return PERFORMANCE
+
+
+@pytest.fixture
+def registry_url(tmp_path: Path, rollbacks: list, log_calls: list) -> Iterator[str]:
     db_url = f"sqlite:///{tmp_path / 'registry.db'}"
     service = RegistryService(db_url)
     service.migrate()
@@ -152,8 +196,16 @@ def registry_url(tmp_path: Path, rollbacks: list) -> Iterator[str]:
         rollbacks.append((model, version, reason))
         return MANUAL_RUN
 
+    def replica_logs(model: str, lines: int) -> dict[str, list[str]]:
+        log_calls.append((model, lines))
+        return REPLICA_LOGS
+
     app = create_app(
-        RegistryConfig(db_url=db_url, api_token=TOKEN, airflow_url=AIRFLOW), rollback_starter_to=start_rollback_to
+        RegistryConfig(db_url=db_url, api_token=TOKEN, airflow_url=AIRFLOW),
+        rollback_starter_to=start_rollback_to,
+        performance_source=performance,
+        logs_source=replica_logs,
+        webhdfs_url=WEBHDFS,
     )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -419,4 +471,79 @@ def test_registry_page(registry_url: str, browser, artifacts_dir: Path, rollback
     shot = artifacts_dir / "registry-page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    context.close()
+
+
+def test_registry_page_performance_logs_and_diagnosis_bundles(
+    registry_url: str, browser, artifacts_dir: Path, log_calls: list
+) -> None:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    context.add_cookies([{"name": "_token", "value": TOKEN, "url": registry_url}])
+    page = context.new_page()
+    page.goto(registry_url + "#model=fraud-detector")
+    expect(page.get_by_test_id("detail-name")).to_have_text("fraud-detector")
+
+    # performance: one row per pool, stable first; an error rate over 5 % stands out
+    rows = page.get_by_test_id("perf-row")
+    expect(rows).to_have_count(2)
+    assert [rows.nth(i).get_attribute("data-pool") for i in range(2)] == ["stable", "canary"]
+    expect(rows.get_by_test_id("perf-rate")).to_have_text(["12.5", "1.40"])
+    expect(rows.get_by_test_id("perf-p50")).to_have_text(["3.25 ms", "4.10 ms"])
+    expect(rows.get_by_test_id("perf-p99")).to_have_text(["48.7 ms", "120.0 ms"])
+    expect(rows.get_by_test_id("perf-errors")).to_have_text(["0.20 %", "25.0 %"])
+    expect(rows.nth(1).get_by_test_id("perf-errors")).to_have_class(re.compile(r"\bbad\b"))
+    expect(page.get_by_test_id("performance")).to_contain_text("last 5m, from Prometheus")
+
+    # diagnosis bundles: newest first, each with its WebHDFS download link and the run that collected it
+    bundles = page.get_by_test_id("diagnosis-row")
+    expect(bundles).to_have_count(2)
+    expect(page.get_by_test_id("diagnostics-count")).to_have_text("2 bundles")
+    expect(bundles.get_by_test_id("diagnosis-reason")).to_have_text(
+        ["rollback of v2: golden answers wrong", "diagnosis: on demand"]
+    )
+    expect(bundles.get_by_test_id("diagnosis-download")).to_have_text(
+        [BUNDLE_NEW.rsplit("/", 1)[1], BUNDLE_OLD.rsplit("/", 1)[1]]
+    )
+    expect(bundles.first.get_by_test_id("diagnosis-download")).to_have_attribute(
+        "href", f"{WEBHDFS}/webhdfs/v1{BUNDLE_NEW}?op=OPEN"
+    )
+    expect(bundles.first.get_by_test_id("diagnosis-run")).to_have_attribute("href", _run_href(AUTO_RUN))
+    expect(page.locator("[data-testid=history-row][data-kind=diagnosis]").first).to_contain_text(BUNDLE_NEW)
+
+    # replica logs: collapsed, nothing fetched until opened; then every container's lines, redacted
+    logs = page.get_by_test_id("replica-logs")
+    expect(logs).not_to_have_attribute("open", "")
+    expect(page.get_by_test_id("log-container")).to_have_count(0)
+    assert log_calls == []
+    page.get_by_test_id("replica-logs-toggle").click()
+    containers = page.get_by_test_id("log-container")
+    expect(containers).to_have_count(3)
+    assert [containers.nth(i).get_attribute("data-container") for i in range(3)] == list(REPLICA_LOGS)
+    assert log_calls == [("fraud-detector", 50)]
+    expect(containers.first.get_by_test_id("log-container-name")).to_have_text("tfdeploy-local · 2 lines")
+    first = containers.first.get_by_test_id("log-lines")
+    expect(first).to_contain_text("{name: fraud-detector version: 2}")
+    expect(first).to_contain_text("Authorization: Bearer [REDACTED]")
+    assert TOKEN not in page.get_by_test_id("replica-logs-body").inner_text()
+    expect(containers.nth(2).get_by_test_id("log-lines")).to_contain_text("version: 3")
+    shot = artifacts_dir / "registry-page-performance-logs.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    # the page's refresh fetches the open logs again; another model's performance, Prometheus down: says why
+    page.get_by_test_id("refresh").click()
+    deadline = time.monotonic() + 10
+    while len(log_calls) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert log_calls == [("fraud-detector", 50)] * 2
+    expect(page.get_by_test_id("replica-logs")).to_have_attribute("open", "")
+    expect(page.get_by_test_id("log-container")).to_have_count(3)
+    page.locator("[data-testid=model-row][data-model='churn-predictor']").click()
+    expect(page.get_by_test_id("detail-name")).to_have_text("churn-predictor")
+    expect(page.get_by_test_id("perf-row")).to_have_count(0)
+    expect(page.get_by_test_id("performance-unavailable")).to_contain_text(
+        "Live performance unavailable: PrometheusError: Prometheus at http://127.0.0.1:9090"
+    )
+    expect(page.get_by_test_id("no-diagnostics")).to_have_text("No diagnosis bundle recorded.")
+    expect(page.get_by_test_id("replica-logs")).not_to_have_attribute("open", "")  # open for fraud-detector only
     context.close()

@@ -265,11 +265,31 @@ def test_model_health_checks_then_triggers_one_rollback_per_model(dagbag):
     assert health.max_active_runs == 1 and health.catchup is False
 
 
+def stack_env_schedule(profile: str) -> str:
+    """MODEL_HEALTH_SCHEDULE as stack.py gives it to the Airflow of a stack profile (none set by the caller)."""
+    import os
+
+    import stack
+    from tfdeploy.settings import settings_for
+
+    saved = os.environ.pop("MODEL_HEALTH_SCHEDULE", None)
+    try:
+        return stack.airflow_env(settings_for(profile))["MODEL_HEALTH_SCHEDULE"]
+    finally:
+        if saved is not None:
+            os.environ["MODEL_HEALTH_SCHEDULE"] = saved
+
+
 def test_model_health_runs_every_5_minutes_on_all_production_models_by_default(dagbag):
     import os
 
     health = dagbag.dags["model_health"]
-    assert health.timetable.expression == (os.environ.get("MODEL_HEALTH_SCHEDULE", "").strip() or "*/5 * * * *")
+    wanted = os.environ.get("MODEL_HEALTH_SCHEDULE", "*/5 * * * *").strip()
+    if wanted:  # every 5 minutes unless MODEL_HEALTH_SCHEDULE says otherwise
+        assert health.timetable.expression == wanted
+    else:  # empty (the test stack's): on demand only
+        assert type(health.timetable).__name__ == "NullTimetable"
+    assert stack_env_schedule("dev") == "*/5 * * * *" and stack_env_schedule("test") == ""
     assert health.params.dump() == {"models": []}
     check = health.task_dict["check"]
     context = {"params": {"models": ["demo_regressor"]}}

@@ -7,12 +7,15 @@ Airflow does not authenticate plugin apps, so the registry checks bearer tokens 
 
 # No `from __future__ import annotations`: FastAPI must see the dependency aliases defined in create_app.
 
+import datetime as dt
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from tfdeploy.core.errors import RegistryError, RegistryUnavailable, RollbackNotStarted
+from tfdeploy.core.redaction import Redactor
 
 from .auth import Principal, require_read, require_write
 from .config import RegistryConfig
@@ -309,6 +313,97 @@ class _SinkFailed(Exception):
 
 
 RateLimitSink = Callable[[str, float | None], None]
+# model -> {"window": "5m", "pools": {pool: {"requestRate", "errorRate", "p50Ms", "p99Ms"}}} (raises: unavailable)
+PerformanceSource = Callable[[str], dict[str, Any]]
+# (model, lines) -> {container: [line, ...]}, every replica of both pools
+LogsSource = Callable[[str, int], dict[str, list[str]]]
+POOLS = ("stable", "canary")  # always in a performance answer, in this order (a pool without data: nulls)
+PERFORMANCE_FIELDS = ("requestRate", "errorRate", "p50Ms", "p99Ms")
+PERFORMANCE_WINDOW = "5m"
+MAX_LOG_LINES = 500
+MAX_LOG_LINE_CHARS = 4000
+MAX_REASON_CHARS = 500
+
+
+def _finite(value: Any) -> float | None:
+    """A number JSON can carry (NaN and the infinities Prometheus answers become null)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+def _unavailable(reason: str, redact: Callable[[str], str], **extra: Any) -> dict[str, Any]:
+    return {"available": False, "reason": redact(reason)[:MAX_REASON_CHARS], **extra}
+
+
+def _performance(name: str, source: PerformanceSource | None, redact: Callable[[str], str]) -> dict[str, Any]:
+    """The source's answer for ``name``, normalized: both pools, each field a finite number or null; a source that
+    is missing, raises or says it is unavailable gives ``available: false`` with the reason (never an error)."""
+    base = {"modelName": name, "window": PERFORMANCE_WINDOW, "at": _now()}
+    if source is None:
+        return base | _unavailable(
+            "no performance source is configured here (the Airflow plugin gives Prometheus)", redact
+        )
+    try:
+        raw = source(name)
+    except Exception as exc:  # noqa: BLE001 - whatever the source raised: the answer says why, the page shows it
+        log.warning("registry: no live performance of %s: %s: %s", name, type(exc).__name__, exc)
+        return base | _unavailable(f"{type(exc).__name__}: {exc}", redact)
+    if not isinstance(raw, dict):
+        return base | _unavailable(f"the performance source answered {type(raw).__name__}, not an object", redact)
+    if raw.get("available") is False:
+        return base | _unavailable(str(raw.get("reason") or "the performance source has no data"), redact)
+    given_pools = raw.get("pools")
+    given: dict[Any, Any] = given_pools if isinstance(given_pools, dict) else {}
+    pools: dict[str, dict[str, float | None]] = {}
+    for pool in (*POOLS, *sorted(str(p) for p in given if p not in POOLS)):
+        given_row = given.get(pool)
+        row: dict[Any, Any] = given_row if isinstance(given_row, dict) else {}
+        pools[pool] = {field: _finite(row.get(field)) for field in PERFORMANCE_FIELDS}
+    return base | {"available": True, "window": str(raw.get("window") or PERFORMANCE_WINDOW), "pools": pools}
+
+
+def _logs(name: str, lines: int, source: LogsSource | None, redact: Callable[[str], str]) -> dict[str, Any]:
+    """The source's log lines for ``name`` (at most ``lines`` per container), each through ``redact`` once more."""
+    base = {"modelName": name, "lines": lines, "at": _now()}
+    if source is None:
+        reason = "no log source is configured here (the Airflow plugin reads the serving containers' logs)"
+        return base | _unavailable(reason, redact, containers={})
+    try:
+        raw = source(name, lines)
+    except Exception as exc:  # noqa: BLE001 - whatever the source raised: the answer says why
+        log.warning("registry: no replica logs of %s: %s: %s", name, type(exc).__name__, exc)
+        return base | _unavailable(f"{type(exc).__name__}: {exc}", redact, containers={})
+    if not isinstance(raw, dict):
+        return base | _unavailable(
+            f"the log source answered {type(raw).__name__}, not an object", redact, containers={}
+        )
+    containers: dict[str, list[str]] = {}
+    for container, got in raw.items():
+        rows = got.splitlines() if isinstance(got, str) else [str(line) for line in (got or [])]
+        containers[str(container)] = [redact(line)[:MAX_LOG_LINE_CHARS] for line in rows[-lines:]]
+    return base | {"available": True, "containers": containers}
+
+
+def _webhdfs_open(base: str | None, path: str | None) -> str | None:
+    """WebHDFS' download URL of an HDFS file (``<base>/webhdfs/v1<path>?op=OPEN``), or None."""
+    if not base or not path or not path.startswith("/"):
+        return None
+    return f"{base.rstrip('/')}/webhdfs/v1{quote(path, safe='/')}?op=OPEN"
+
+
+def _known_secrets(config: RegistryConfig) -> list[str]:
+    """What the registry itself knows to be secret: its API token and its database password."""
+    try:
+        password = make_url(config.db_url).password
+    except Exception:  # noqa: BLE001 - an unparsable URL: no password to know
+        password = None
+    return [s for s in (config.api_token, str(password) if password else "") if s]
 
 
 def create_app(
@@ -318,6 +413,9 @@ def create_app(
     rollback_starter: RollbackStarter | None = None,
     rollback_starter_to: RollbackStarterTo | None = None,
     alert_notifier: Callable[[list[dict[str, Any]]], None] | None = None,
+    performance_source: PerformanceSource | None = None,
+    logs_source: LogsSource | None = None,
+    webhdfs_url: str | None = None,
 ) -> FastAPI:
     """The registry app. ``rate_limit_sink(model, rps)`` (optional) applies a model's new rate limit (None: no
     limit) to the router; it is called inside the request, before the commit: if it raises, nothing is stored
@@ -331,8 +429,16 @@ def create_app(
 
     ``alert_notifier(alerts)`` (optional) is told, after they are recorded, about the alerts of a notification
     that are new or changed status (Alertmanager repeats the others): the plugin mails them. Its failure is
-    logged; the alerts stay recorded."""
+    logged; the alerts stay recorded.
+
+    ``performance_source(model)`` (optional) gives the model's live performance per pool over the last 5 minutes
+    (``{"window": "5m", "pools": {"stable": {"requestRate", "errorRate", "p50Ms", "p99Ms"}, "canary": ...}}``; the
+    plugin asks Prometheus); it raises when it cannot: ``GET .../performance`` then answers 200 with
+    ``available: false`` and the reason. ``logs_source(model, lines)`` (optional) gives the recent log lines of
+    every serving replica, ``{container: [line, ...]}``, already redacted (the API redacts them once more).
+    ``webhdfs_url`` (optional): WebHDFS' base URL, for the diagnosis bundles' download links."""
     config = config or RegistryConfig.from_env()
+    redact = Redactor(_known_secrets(config)).redact_text
     state = _State(config)
     render_metrics = exposition(lambda: state.service().metrics_snapshot(), HEALTH)
     app = FastAPI(
@@ -647,6 +753,40 @@ def create_app(
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict:
         return service.model_alerts(name, status=status, limit=limit, offset=offset)
+
+    @v1.get(
+        "/models/{name}/performance",
+        summary="Live performance per pool (last 5 minutes): request rate, error rate, p50 and p99 latency",
+    )
+    def performance(name: str, service: Svc, _: Reader) -> JSONResponse:
+        service.require_model(name)
+        return JSONResponse(_performance(name, performance_source, redact))
+
+    @v1.get(
+        "/models/{name}/logs",
+        summary="The serving replicas' recent log lines, redacted (needs write access: logs may hold data)",
+    )
+    def replica_logs(
+        name: str,
+        service: Svc,
+        _: Writer,
+        lines: Annotated[int, Query(ge=1, le=MAX_LOG_LINES, description="at most this many per container")] = 50,
+    ) -> JSONResponse:
+        service.require_model(name)
+        return JSONResponse(_logs(name, lines, logs_source, redact))
+
+    @v1.get("/models/{name}/diagnostics", summary="The model's diagnosis bundles, newest first, with download links")
+    def diagnostics(
+        name: str,
+        service: Svc,
+        _: Reader,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        out = service.diagnoses(name, limit=limit, offset=offset)
+        for bundle in out["bundles"]:
+            bundle["downloadUrl"] = _webhdfs_open(webhdfs_url, bundle["path"])
+        return out
 
     @v1.post("/models/{name}/lock", summary="Acquire the model's deployment lock (a lease)")
     def acquire_lock(name: str, body: LockIn, service: Svc, who: Writer) -> dict:

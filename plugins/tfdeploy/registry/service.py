@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -386,7 +387,35 @@ class RegistryService:
             out["openAlerts"] = session.scalar(
                 select(func.count()).select_from(db.Alert).where(db.Alert.model == name, db.Alert.status == "firing")
             )
+            out["pendingApproval"] = self._pending_approval(session, name)
             return out
+
+    def _pending_approval(self, session: Session, name: str) -> dict[str, Any] | None:
+        """The release waiting for a human decision: the model's newest ``approval`` event, if it is a request (a
+        decision or a timeout comes after it as another ``approval`` event); with where to answer it in Airflow."""
+        latest = session.scalars(
+            select(db.HistoryEvent)
+            .where(db.HistoryEvent.model_name == name, db.HistoryEvent.kind == "approval")
+            .order_by(db.HistoryEvent.id.desc())
+            .limit(1)
+        ).one_or_none()
+        if latest is None or (latest.details or {}).get("state") != "requested":
+            return None
+        return {
+            "version": latest.version,
+            "requestedAt": iso(latest.at),
+            "reason": latest.reason,
+            "dagId": latest.dag_id,
+            "runId": latest.run_id,
+            "taskId": latest.task_id,
+            "timeoutSeconds": (latest.details or {}).get("timeoutSeconds"),
+            # the Airflow UI's page of the waiting task, where Approve / Reject are (its "Required actions")
+            "airflowPath": "/dags/{}/runs/{}/tasks/{}/required_actions".format(
+                *(quote(str(s), safe="") for s in (latest.dag_id, latest.run_id, latest.task_id))
+            )
+            if latest.dag_id and latest.run_id and latest.task_id
+            else None,
+        }
 
     def _latest_health(self, session: Session, model: db.Model, version: int | None) -> db.HealthRecord | None:
         if version is None:
@@ -1234,6 +1263,53 @@ class RegistryService:
         with self._sessions() as session:
             self._model(session, name)  # an unknown model is a 404
         return {"modelName": name} | self.list_alerts(model=name, status=status, limit=limit, offset=offset)
+
+    # ------------------------------------------------------------------ query: what the page shows beside the records
+
+    def require_model(self, name: str) -> None:
+        """Raise NotFound (404) unless ``name`` is a registered model (for endpoints whose data comes from
+        elsewhere: live performance, replica logs)."""
+        with self._sessions() as session:
+            self._model(session, name)
+
+    def diagnoses(self, name: str, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+        """The diagnosis bundles the model's history records (events of kind ``diagnosis``, ``details.path`` on
+        HDFS), newest first: where each is, why and when it was collected, by which run, and what it lacks."""
+        query = select(db.HistoryEvent).where(db.HistoryEvent.model_name == name, db.HistoryEvent.kind == "diagnosis")
+        count = select(func.count()).select_from(db.HistoryEvent)
+        count = count.where(db.HistoryEvent.model_name == name, db.HistoryEvent.kind == "diagnosis")
+        with self._sessions() as session:
+            self._model(session, name)  # an unknown model is a 404
+            rows = session.scalars(
+                query.order_by(db.HistoryEvent.at.desc(), db.HistoryEvent.id.desc()).limit(limit).offset(offset)
+            ).all()
+            bundles = []
+            for e in rows:
+                details = e.details if isinstance(e.details, dict) else {}
+                path = details.get("path")
+                missing = details.get("missing")
+                bundles.append(
+                    {
+                        "id": e.id,
+                        "at": iso(e.at),
+                        "version": e.version,
+                        "path": path if isinstance(path, str) and path else None,
+                        "reason": e.reason,
+                        "parts": len(details["parts"]) if isinstance(details.get("parts"), list) else None,
+                        "missing": sorted(missing) if isinstance(missing, dict) else [],
+                        "actor": e.actor,
+                        "dagId": e.dag_id,
+                        "runId": e.run_id,
+                        "taskId": e.task_id,
+                    }
+                )
+            return {
+                "modelName": name,
+                "bundles": bundles,
+                "total": session.scalar(count),
+                "limit": limit,
+                "offset": offset,
+            }
 
     # ------------------------------------------------------------------ operations: what /metrics exposes
 

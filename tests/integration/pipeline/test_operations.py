@@ -158,8 +158,52 @@ def approvals(api, model: str) -> list[dict]:
     return sorted(events, key=lambda e: e["id"])
 
 
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def page_shows_pending_approval(airflow, model: str, version: int, run_id: str) -> Path:
+    """The registry's page in a real headless Chromium (the Airflow UI's `_token` cookie): the model's health and
+    the pending approval with its link into Airflow. Returns the screenshot."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url = f"{SETTINGS.airflow_url}/registry/"
+    shot = ROOT / "test-artifacts" / "registry-page-pending-approval.png"
+    shot.parent.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=LAUNCH_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1000})
+            context.add_cookies([{"name": "_token", "value": airflow.token(), "url": url}])
+            page = context.new_page()
+            page.goto(f"{url}#model={model}")
+            expect(page.get_by_test_id("detail-name")).to_have_text(model)
+            expect(page.get_by_test_id("detail-health")).to_have_text("healthy")
+            pending = page.get_by_test_id("pending-approval")
+            expect(pending).to_contain_text(f"v{version} waits for a human decision")
+            link = page.get_by_test_id("pending-approval-link").get_attribute("href") or ""
+            assert link.startswith("/dags/model_deploy/runs/") and link.endswith("/tasks/approval/required_actions")
+            assert requests.utils.unquote(link.split("/runs/")[1].split("/tasks/")[0]) == run_id
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    return shot
+
+
 def test_approve_promotes(deploy, airflow, api, model, examples, released):
     run_id = deploy(examples["b1"], require_approval=True)
+    wait_for(lambda: task_state(airflow, run_id, "approval") in ("awaiting_input", "deferred"), 300, "approval waits")
+    pending = api("GET", f"/models/{model}")["pendingApproval"]
+    assert pending["version"] == released + 1 and pending["runId"] == run_id
+    assert page_shows_pending_approval(airflow, model, released + 1, run_id).stat().st_size > 10_000
     answer_approval(airflow, run_id, "Approve")
     final, states = deploy.finish(run_id)
     assert final["state"] == "success", states
@@ -167,6 +211,7 @@ def test_approve_promotes(deploy, airflow, api, model, examples, released):
     assert api("GET", f"/models/{model}")["version"] == released + 1
     decided = [e for e in approvals(api, model) if e["details"]["state"] == "approve"]
     assert decided and decided[-1]["details"]["by"] not in ("", None, "nobody (timed out)")
+    assert api("GET", f"/models/{model}")["pendingApproval"] is None
 
 
 def test_reject_rolls_back(deploy, airflow, api, model, examples):

@@ -1,8 +1,11 @@
 """The registry as users reach it: mounted in Airflow's api-server at /registry, behind its own token
-check (Airflow does not authenticate plugin apps), and through the RegistryHook's Airflow connection."""
+check (Airflow does not authenticate plugin apps), and through the RegistryHook's Airflow connection; the
+plugin's sources there (rollback starters, live performance from the stack's Prometheus, replica logs)."""
 
 from __future__ import annotations
 
+import shlex
+import time
 import uuid
 from urllib.parse import quote
 
@@ -145,3 +148,105 @@ def test_the_plugin_starts_model_rollback_runs_in_the_api_server(base, airflow):
         for run_id in runs:
             airflow.request("DELETE", f"{dag}/dagRuns/{quote(run_id, safe='')}")
         airflow.request("PATCH", dag, json={"is_paused": was_paused})
+
+
+@pytest.fixture(scope="module")
+def stable_model(settings, docker_client):
+    """A model of our own (TF Serving's half_plus_two, v123) served by every replica of the stable pool, through the
+    pipeline's own ServingTargetService, and registered; taken out of the pool afterwards."""
+    from tfdeploy.core.models_config import ServedModel
+    from tfdeploy.services.serving_target import ServingTargetService
+    from tfdeploy.services.targets import get_target
+
+    from ..test_diagnosis import HP_VERSION
+
+    service = ServingTargetService(get_target("local"))
+    model = f"query_{uuid.uuid4().hex[:8]}"
+    base = service.host.stage_version(HP_VERSION, model, 123)
+    service.change(model, lambda _entry: ServedModel(model, base, (123,), {}))
+    try:
+        RegistryHook().register_version(
+            model,
+            version=123,
+            hdfs_uri=f"hdfs:///models/{model}/123",
+            manifest_sha256="0" * 64,
+            source=str(HP_VERSION),
+            reason="test_registry_in_airflow: staged by hand",
+            context={"actor": "test_registry_in_airflow", "interface": "rest_api"},
+        )
+        yield model, service
+    finally:
+        service.change(model, lambda _entry: None)
+
+
+def test_live_performance_and_replica_logs_through_the_api_server(base, airflow, settings, docker_client, stable_model):
+    """The plugin's sources in the real api-server: /performance answers the stable pool's numbers from the
+    stack's Prometheus (calls sent to each replica, some failing) or, Prometheus unreachable, available:false
+    with the reason; /logs (write access) answers every stable replica's lines about the model, with the secrets
+    planted in a replica's real log (and every other configured one) redacted."""
+    from ..test_diagnosis import configured_secrets, leaked
+
+    model, service = stable_model
+    headers = {"Authorization": f"Bearer {airflow.token()}"}
+    replicas = service.replicas
+    assert len(replicas) == settings.stable_replicas
+
+    def traffic() -> None:
+        for replica in replicas:
+            for x in (1.0, 2.0, 5.0):
+                resp = requests.post(
+                    f"{replica.rest_url}/v1/models/{model}:predict", json={"instances": [x]}, timeout=10
+                )
+                assert resp.status_code == 200 and resp.json()["predictions"] == [x / 2 + 2], resp.text
+            bad = requests.post(f"{replica.rest_url}/v1/models/{model}:predict", json={"instances": "x"}, timeout=10)
+            assert bad.status_code == 400, bad.text
+
+    # a rate needs two scrapes of the series (5 s apart): traffic until Prometheus shows it
+    deadline, body = time.monotonic() + 90, {}
+    while time.monotonic() < deadline:
+        traffic()
+        resp = requests.get(f"{base}/v1/models/{model}/performance", headers=headers, timeout=30)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        if not body["available"] or (body["pools"]["stable"]["requestRate"] or 0) > 0:
+            break
+        time.sleep(2)
+    assert body.get("modelName") == model and body.get("window") == "5m", body
+    if body["available"]:
+        stable = body["pools"]["stable"]
+        assert stable["requestRate"] > 0 and 0 < stable["errorRate"] < 1, body
+        assert 0 <= stable["p50Ms"] <= stable["p99Ms"], body
+        assert set(body["pools"]) >= {"stable", "canary"}
+        assert body["pools"]["canary"]["requestRate"] in (None, 0.0), body  # never served by the canary pool
+    else:
+        assert body["reason"], body
+
+    secrets = configured_secrets(settings)
+    stable_container = f"{settings.serving_container_prefix}-local"
+    planted = [
+        f"{model} GET /registry/v1/models Authorization: Bearer {secrets['registry API token']}",
+        f"{model} airflow login admin password={secrets['admin password']}",
+        f"{model} fernet {secrets['fernet key']} jwt {secrets['JWT secret']}",
+        f"{model} conn {secrets['AIRFLOW_CONN_TFDEPLOY_REGISTRY value']}",
+        f"{model} planted-by-test_registry_in_airflow",
+    ]
+    script = "; ".join(f"echo {shlex.quote(line)} > /proc/1/fd/1" for line in planted)
+    assert docker_client.containers.get(stable_container).exec_run(["sh", "-c", script]).exit_code == 0
+
+    assert requests.get(f"{base}/v1/models/{model}/logs", timeout=30).status_code == 401  # never anonymous
+    resp = requests.get(f"{base}/v1/models/{model}/logs", params={"lines": 50}, headers=headers, timeout=60)
+    assert resp.status_code == 200, resp.text
+    logs = resp.json()
+    assert logs["available"] is True and logs["lines"] == 50, logs
+    containers = logs["containers"]
+    stable = [stable_container] + [f"{stable_container}-{i}" for i in range(1, settings.stable_replicas)]
+    assert list(containers)[: len(stable)] == stable, list(containers)
+    assert f"{stable_container}-canary" in containers
+    for name in stable:
+        assert containers[name] and all(model in line for line in containers[name]), (name, containers[name])
+        assert len(containers[name]) <= 50
+    mine = "\n".join(containers[stable_container])
+    assert f"{model} planted-by-test_registry_in_airflow" in mine
+    assert f"{model} GET /registry/v1/models Authorization: Bearer [REDACTED]" in mine
+    for what, secret in secrets.items():
+        assert not leaked(resp.text, secret), f"the {what} is in the /logs answer"
