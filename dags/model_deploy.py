@@ -110,6 +110,9 @@ with DAG(
             0.01, type="number", minimum=0, maximum=1, description="allowed error rate above stable's (fraction)"
         ),
         "max_p99_ratio": Param(2.0, type="number", minimum=1, description="allowed candidate p99 / stable p99"),
+        "p99_floor_ms": Param(
+            50.0, type="number", minimum=0, description="p99 is judged against max(stable p99, this): ms of jitter"
+        ),
         "min_requests": Param(20, type="integer", minimum=1, description="candidate requests needed to judge a step"),
         "low_traffic": Param(
             "extend", enum=["extend", "fail"], description="too few requests at the end of a bake: bake again or fail"

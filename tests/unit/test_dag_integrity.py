@@ -89,6 +89,7 @@ RELEASE_PARAMS = {
     "check_seconds": 2,
     "max_error_rate": 0.01,
     "max_p99_ratio": 2.0,
+    "p99_floor_ms": 50.0,
     "min_requests": 20,
     "low_traffic": "extend",
     "max_extensions": 2,

@@ -233,7 +233,8 @@ def test_side_round_trips_through_json_and_airflows_serialization() -> None:
 
 # --------------------------------------------------------------------------- the judgement
 
-PLAN = plan_release("canary", steps=[10, 100], min_requests=20, max_error_rate=0.01, max_p99_ratio=2.0)
+# the judgement's rules at millisecond scale: no floor (p99_floor_ms has its own tests)
+PLAN = plan_release("canary", steps=[10, 100], min_requests=20, max_error_rate=0.01, max_p99_ratio=2.0, p99_floor_ms=0)
 FAST = ((1000.0, 99.0), (2000.0, 100.0), (INF, 100.0))  # p99 1 ms
 SLOW = ((1000.0, 0.0), (5000.0, 100.0), (INF, 100.0))  # p99 4.96 ms
 
@@ -260,6 +261,23 @@ def test_p99_over_the_ratio_is_a_breach() -> None:
     assert "p99 latency 5.0 ms on the candidate against 1.0 ms on stable: 5.0x, over the 2x allowed" in verdict.message
     assert verdict.values["candidate_p99_ms"] == pytest.approx(4.96)
     assert verdict.values["stable_p99_ms"] == pytest.approx(1.0)
+
+
+def test_a_few_milliseconds_of_jitter_below_the_floor_is_no_breach() -> None:
+    """5 ms against 1 ms is 5x, but both are fast: with the default floor of 50 ms the ratio is taken of 50 ms."""
+    floored = plan_release("canary", steps=[10, 100], min_requests=20, max_p99_ratio=2.0)
+    assert floored.p99_floor_ms == 50.0
+    verdict = judge(floored, Side(100, latency=SLOW), Side(1000, latency=FAST), candidate_up=True, bake_over=True)
+    assert verdict.outcome == Outcome.PASS
+    slow = tuple((le * 100, count) for le, count in SLOW)  # ~496 ms: over 2 x 50 ms
+    verdict = judge(floored, Side(100, latency=slow), Side(1000, latency=FAST), candidate_up=True, bake_over=False)
+    assert verdict.outcome == Outcome.BREACH and "of at least 50 ms" in verdict.message
+
+
+@pytest.mark.parametrize("floor", [-1, True, float("inf"), "50"])
+def test_a_bad_p99_floor_is_refused(floor: object) -> None:
+    with pytest.raises(InvalidReleasePlan, match="p99_floor_ms must be a number of milliseconds >= 0"):
+        plan_release("canary", steps=[10, 100], p99_floor_ms=floor)  # type: ignore[arg-type]
 
 
 def test_p99_needs_min_requests_with_a_latency_on_both_sides() -> None:

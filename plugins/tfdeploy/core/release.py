@@ -47,6 +47,7 @@ class ReleasePlan:
     check_seconds: float = 2.0
     max_error_rate: float = 0.01
     max_p99_ratio: float = 2.0
+    p99_floor_ms: float = 50.0
     min_requests: int = 20
     low_traffic: LowTraffic = LowTraffic.EXTEND
     max_extensions: int = 2
@@ -65,6 +66,7 @@ class ReleasePlan:
             check_seconds=float(data["check_seconds"]),
             max_error_rate=float(data["max_error_rate"]),
             max_p99_ratio=float(data["max_p99_ratio"]),
+            p99_floor_ms=float(data.get("p99_floor_ms", 50.0)),
             min_requests=int(data["min_requests"]),
             low_traffic=LowTraffic(data["low_traffic"]),
             max_extensions=int(data["max_extensions"]),
@@ -80,6 +82,7 @@ def plan_release(
     check_seconds: float = 2.0,
     max_error_rate: float = 0.01,
     max_p99_ratio: float = 2.0,
+    p99_floor_ms: float = 50.0,
     min_requests: int = 20,
     low_traffic: str = "extend",
     max_extensions: int = 2,
@@ -117,6 +120,8 @@ def plan_release(
         raise InvalidReleasePlan(f"max_error_rate is a fraction 0-1, got {max_error_rate!r}")
     if not isinstance(max_p99_ratio, int | float) or not max_p99_ratio >= 1:
         raise InvalidReleasePlan(f"max_p99_ratio must be >= 1 (candidate p99 / stable p99), got {max_p99_ratio!r}")
+    if isinstance(p99_floor_ms, bool) or not isinstance(p99_floor_ms, int | float) or not 0 <= p99_floor_ms < math.inf:
+        raise InvalidReleasePlan(f"p99_floor_ms must be a number of milliseconds >= 0, got {p99_floor_ms!r}")
     for name, count, low in (("min_requests", min_requests, 1), ("max_extensions", max_extensions, 0)):
         if isinstance(count, bool) or not isinstance(count, int) or count < low:
             raise InvalidReleasePlan(f"{name} must be a whole number >= {low}, got {count!r}")
@@ -127,6 +132,7 @@ def plan_release(
         float(check_seconds),
         float(max_error_rate),
         float(max_p99_ratio),
+        float(p99_floor_ms),
         int(min_requests),
         on_low,
         int(max_extensions),
@@ -268,8 +274,9 @@ def judge(plan: ReleasePlan, candidate: Side, stable: Side, *, candidate_up: boo
 
     Breaches, checked at every look: the candidate pool has no replica up; once the candidate has answered
     ``min_requests`` requests, its error rate (4xx and 5xx answers) above the stable's by more than
-    ``max_error_rate``, or its p99 latency over ``max_p99_ratio`` times the stable's (when both have
-    ``min_requests`` OK requests in the window). With no breach, the step passes when the bake is over and the
+    ``max_error_rate``, or its p99 latency over ``max_p99_ratio`` times the stable's or ``p99_floor_ms``,
+    whichever is higher (when both have ``min_requests`` OK requests in the window: a few milliseconds' jitter
+    between two fast versions is not a regression). With no breach, the step passes when the bake is over and the
     candidate had ``min_requests`` requests; otherwise it is LOW_TRAFFIC, never a silent pass."""
     counts = {
         "candidate_requests": candidate.requests,
@@ -301,12 +308,13 @@ def judge(plan: ReleasePlan, candidate: Side, stable: Side, *, candidate_up: boo
             and stable_p99
             and candidate.latency_count >= plan.min_requests
             and stable.latency_count >= plan.min_requests
-            and cand_p99 > plan.max_p99_ratio * stable_p99
+            and cand_p99 > plan.max_p99_ratio * max(stable_p99, plan.p99_floor_ms)
         ):
             return Verdict(
                 Outcome.BREACH,
                 f"p99 latency {cand_p99:.1f} ms on the candidate against {stable_p99:.1f} ms on stable: "
-                f"{cand_p99 / stable_p99:.1f}x, over the {plan.max_p99_ratio:g}x allowed",
+                f"{cand_p99 / stable_p99:.1f}x, over the {plan.max_p99_ratio:g}x allowed (of at least "
+                f"{plan.p99_floor_ms:g} ms)",
                 "p99_latency_ratio",
                 counts | {"candidate_p99_ms": round(cand_p99, 3), "stable_p99_ms": round(stable_p99, 3)},
             )

@@ -23,6 +23,7 @@ PLAN_FIELDS = (
     "check_seconds",
     "max_error_rate",
     "max_p99_ratio",
+    "p99_floor_ms",
     "min_requests",
     "low_traffic",
     "max_extensions",
@@ -36,7 +37,7 @@ class ReleasePlanOperator(BaseOperator):
     :param registry_conn_id: the registry's Connection.
     :param strategy: ``all_at_once``, ``canary`` or ``linear`` (templated).
     :param options: the other fields of the plan by name (``steps``, ``linear_step``, ``step_seconds``,
-        ``check_seconds``, ``max_error_rate``, ``max_p99_ratio``, ``min_requests``, ``low_traffic``,
+        ``check_seconds``, ``max_error_rate``, ``max_p99_ratio``, ``p99_floor_ms``, ``min_requests``, ``low_traffic``,
         ``max_extensions``); templated, typed after rendering.
     """
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.pipeline.releases import Deployer, build_examples, registry_api, wait_for
 from tfdeploy.settings import get_settings
 
-ROOT = Path(__file__).resolve().parents[3]
 DAG = "model_deploy"
 SETTINGS = get_settings()
 REST = f"http://127.0.0.1:{SETTINGS.serving_rest_port}"
@@ -40,20 +38,7 @@ FAST = {"step_seconds": 6, "check_seconds": 1, "min_requests": 20, "max_extensio
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("gray-examples")
-    build = ROOT / "include" / "example_model" / "build.py"
-    procs = {
-        v: subprocess.Popen(
-            [sys.executable, str(build), "--out", str(out / v), "--variant", variant, "--seed", str(seed)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for v, (variant, seed) in VARIANTS.items()
-    }
-    for proc in procs.values():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()[-2000:]
-    return {v: out / v for v in VARIANTS}
+    return build_examples(tmp_path_factory.mktemp("gray-examples"), VARIANTS)
 
 
 @pytest.fixture(scope="module")
@@ -63,38 +48,12 @@ def model() -> str:
 
 @pytest.fixture(scope="module")
 def api(settings, airflow):
-    session = requests.Session()
-    session.trust_env = False
-    session.headers["Authorization"] = f"Bearer {airflow.token()}"
-    base = f"{settings.airflow_url}/registry/v1"
-
-    def call(method: str, path: str, **kwargs):
-        resp = session.request(method, f"{base}{path}", timeout=10, **kwargs)
-        resp.raise_for_status()
-        return resp.json() if resp.content else None
-
-    return call
+    return registry_api(settings.airflow_url, airflow.token())
 
 
 @pytest.fixture(scope="module")
-def deploy(airflow, model):
-    airflow.wait_for_dag(DAG)
-    airflow.unpause(DAG)
-
-    def start(example: Path, **conf) -> str:
-        body = {
-            "model_name": model,
-            "source": str(example / "saved_model"),
-            "golden_path": str(example / "golden.json"),
-        }
-        return airflow.trigger(DAG, conf={**body, **conf})["dag_run_id"]
-
-    def finish(run_id: str) -> tuple[dict, dict[str, str]]:
-        final = airflow.wait_for_run(DAG, run_id, timeout=600)
-        return final, {ti["task_id"]: ti["state"] for ti in airflow.task_instances(DAG, run_id)}
-
-    start.finish = finish  # type: ignore[attr-defined]
-    return start
+def deploy(airflow, model) -> Deployer:
+    return Deployer(airflow, model)
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +117,6 @@ def event_time(event: dict) -> float:
     value = event.get("at") or event.get("createdAt") or event["timestamp"]
     parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_observed_split_follows_the_steps_and_the_candidate_is_promoted(deploy, api, model, examples, released):

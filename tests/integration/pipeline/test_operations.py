@@ -9,8 +9,6 @@ One model per module; the releases build on each other.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from email import message_from_bytes
@@ -21,6 +19,7 @@ import pytest
 import requests
 from aiosmtpd.controller import Controller
 
+from tests.integration.pipeline.releases import Deployer, build_examples, registry_api, wait_for
 from tfdeploy.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -61,20 +60,7 @@ def mailbox():
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("ops-examples")
-    build = ROOT / "include" / "example_model" / "build.py"
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, str(build), "--out", str(out / name), "--variant", variant, "--seed", str(seed)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for name, (variant, seed) in VARIANTS.items()
-    }
-    for proc in procs.values():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()[-2000:]
-    return {name: out / name for name in VARIANTS}
+    return build_examples(tmp_path_factory.mktemp("ops-examples"), VARIANTS)
 
 
 @pytest.fixture(scope="module")
@@ -84,40 +70,12 @@ def model() -> str:
 
 @pytest.fixture(scope="module")
 def api(settings, airflow):
-    session = requests.Session()
-    session.trust_env = False
-    session.headers["Authorization"] = f"Bearer {airflow.token()}"
-    base = f"{settings.airflow_url}/registry/v1"
-
-    def call(method: str, path: str, **kwargs):
-        resp = session.request(method, f"{base}{path}", timeout=10, **kwargs)
-        resp.raise_for_status()
-        return resp.json() if resp.content else None
-
-    return call
+    return registry_api(settings.airflow_url, airflow.token())
 
 
 @pytest.fixture(scope="module")
-def deploy(airflow, model):
-    for dag in ("model_deploy", "model_rollback", "model_health"):
-        airflow.wait_for_dag(dag)
-        airflow.unpause(dag)
-
-    def start(example: Path, **conf) -> str:
-        body = {
-            "model_name": model,
-            "source": str(example / "saved_model"),
-            "golden_path": str(example / "golden.json"),
-            "strategy": "all_at_once",
-        }
-        return airflow.trigger("model_deploy", conf={**body, **conf})["dag_run_id"]
-
-    def finish(run_id: str, dag: str = "model_deploy") -> tuple[dict, dict[str, str]]:
-        final = airflow.wait_for_run(dag, run_id, timeout=600)
-        return final, {ti["task_id"]: ti["state"] for ti in airflow.task_instances(dag, run_id)}
-
-    start.finish = finish  # type: ignore[attr-defined]
-    return start
+def deploy(airflow, model) -> Deployer:
+    return Deployer(airflow, model, dags=("model_deploy", "model_rollback", "model_health"), strategy="all_at_once")
 
 
 @pytest.fixture(scope="module")
@@ -127,16 +85,6 @@ def released(deploy, api, model, examples):
         final, states = deploy.finish(deploy(examples[name]))
         assert final["state"] == "success", states
     return api("GET", f"/models/{model}")["version"]
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def task_state(airflow, run_id: str, task: str, dag: str = "model_deploy") -> str | None:

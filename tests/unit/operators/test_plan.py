@@ -90,6 +90,7 @@ def test_every_plan_field_is_an_option() -> None:
         "check_seconds": 2,
         "max_error_rate": 0.01,
         "max_p99_ratio": 2.0,
+        "p99_floor_ms": 50.0,
         "min_requests": 20,
         "low_traffic": "extend",
         "max_extensions": 2,
