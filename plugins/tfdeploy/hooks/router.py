@@ -82,12 +82,8 @@ class RouterHook(BaseHook):
         return extra
 
     @property
-    def _extra(self) -> dict:
-        return self.extra
-
-    @property
     def socket_path(self) -> str:
-        return str(self._extra["socket"])
+        return str(self.extra["socket"])
 
     @property
     def candidates_map(self) -> Path:
@@ -97,7 +93,7 @@ class RouterHook(BaseHook):
         """The file of map ``name`` (``candidates``, ``weights`` or ``limits``)."""
         if name not in MAPS:
             raise ValueError(f"unknown router map {name!r}; maps: {', '.join(MAPS)}")
-        return Path(self._extra[f"{name}_map"])
+        return Path(self.extra[f"{name}_map"])
 
     def get_conn(self) -> str:
         return self.socket_path

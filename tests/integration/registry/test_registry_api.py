@@ -22,19 +22,6 @@ TOKEN = "registry-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(params=["sqlite", "postgres"], scope="module")
-def db_url(request, tmp_path_factory, settings):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"
-    url = settings.postgres_test_url
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a clean schema for this module
-        conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
-    return url
-
-
 @pytest.fixture(scope="module")
 def client(db_url):
     app = create_app(RegistryConfig(db_url=db_url, api_token=TOKEN, airflow_url="http://airflow.test"))

@@ -48,19 +48,6 @@ class Starter:
         return [c for c in self.calls if c[0] == model]
 
 
-@pytest.fixture(params=["sqlite", "postgres"], scope="module")
-def db_url(request, tmp_path_factory, settings):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"
-    url = settings.postgres_test_url
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a clean schema for this module
-        conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
-    return url
-
-
 @pytest.fixture(scope="module")
 def starter() -> Starter:
     return Starter()

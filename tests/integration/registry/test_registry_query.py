@@ -9,7 +9,6 @@ import math
 import warnings
 
 import pytest
-import sqlalchemy as sa
 
 from tfdeploy.core.errors import PrometheusError
 from tfdeploy.registry.api import create_app
@@ -46,19 +45,6 @@ class Sources:
         if isinstance(self.logs, Exception):
             raise self.logs
         return self.logs  # type: ignore[return-value]
-
-
-@pytest.fixture(params=["sqlite", "postgres"], scope="module")
-def db_url(request, tmp_path_factory, settings):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"
-    url = settings.postgres_test_url
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a clean schema for this module
-        conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
-    return url
 
 
 @pytest.fixture(scope="module")
