@@ -52,6 +52,15 @@ for _k, _v in stack.airflow_env(get_settings()).items():
 
 from tfdeploy.airflow_client import AirflowClient  # noqa: E402
 
+
+def bench_dir() -> Path:
+    """Where the example models are built: under the stack's example directory, one of the golden-file roots
+    the pipeline accepts (GOLDEN_ROOTS; /tmp is not one)."""
+    path = get_settings().example_dir
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 DAG = "model_deploy"
 STEPS = [5, 25, 50, 100]
 MAX_SECONDS = 480  # every load loop stops by itself
@@ -214,7 +223,7 @@ def main() -> int:
         "goals": GOALS,
     }
     url = f"http://127.0.0.1:{s.serving_rest_port}/v1/models/{model}:predict"
-    with tempfile.TemporaryDirectory(prefix="bench-gray-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-gray-", dir=bench_dir()) as tmp:
         build = ROOT / "include" / "example_model" / "build.py"
         variants = {"v1": ("good", 0), "good": ("better", seed), "bad": ("fragile", seed + 1)}
         procs = {

@@ -77,6 +77,15 @@ for _k, _v in stack.airflow_env(get_settings()).items():
 
 from tfdeploy.airflow_client import AirflowClient  # noqa: E402
 
+
+def bench_dir() -> Path:
+    """Where the example models are built: under the stack's example directory, one of the golden-file roots
+    the pipeline accepts (GOLDEN_ROOTS; /tmp is not one)."""
+    path = get_settings().example_dir
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 GOALS = {"alert_s": 60.0, "rollback_s": 90.0}
 MAX_SECONDS = 600  # every load loop stops by itself
 MAX_RECORDS = 50_000
@@ -852,7 +861,7 @@ def main() -> int:
     controller.start()
     suffix = uuid.uuid4().hex[:6]
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-ops-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-ops-", dir=bench_dir()) as tmp:
             t = time.time()
             examples = build_examples(Path(tmp))
             results["examples_build_s"] = round(time.time() - t, 1)

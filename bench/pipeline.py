@@ -292,7 +292,8 @@ def main() -> int:
     client.wait_for_dag(DAG)
     client.unpause(DAG)
     results: dict = {"machine": {"cpus": os.cpu_count()}, "stack": s.stack}
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+    s.example_dir.mkdir(parents=True, exist_ok=True)  # a golden-file root the pipeline accepts (/tmp is not)
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir=s.example_dir) as tmp:
         Path(tmp).chmod(0o755)  # the raw baseline bind-mounts a model directory from here into a container
         example = Path(tmp) / "good"
         subprocess.run(

@@ -5,8 +5,10 @@ plan_release -> acquire_lock -> export (HDFS) -> register -> validate -> rollout
     rollback (if rollout, smoke, gray_release or promote failed); release_gate (fails the run unless
     promoted), release_lock
 
-Trigger it from the UI's trigger form, the REST API (`conf` with the same fields), on a schedule, or when
-the example model's source Asset is updated. See README.md ("The deployment pipeline").
+Trigger it from the UI's trigger form, the REST API (`conf` with the same fields), on a schedule
+(MODEL_DEPLOY_SCHEDULE: the Params' defaults), or by updating the Asset `tfdeploy://trained-models` with the model in
+the event's extra (`model`, `source`, `golden_path`, optional `version`: checked like a conf; an event without them
+fails the run). See README.md ("The deployment pipeline").
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from tfdeploy.operators.export import ExportModelOperator
 from tfdeploy.operators.gate import ReleaseGateOperator
 from tfdeploy.operators.gray_release import GrayReleaseOperator
 from tfdeploy.operators.lock import DeploymentLockSensor, ReleaseLockOperator
-from tfdeploy.operators.plan import PLAN_FIELDS, ReleasePlanOperator
+from tfdeploy.operators.plan import INPUTS_XCOM, PLAN_FIELDS, ReleasePlanOperator
 from tfdeploy.operators.promote import PromoteOperator
 from tfdeploy.operators.register import RegisterModelOperator
 from tfdeploy.operators.rollback import RollbackOperator
 from tfdeploy.operators.rollout import RolloutOperator
 from tfdeploy.operators.smoke import SmokeTestOperator
 from tfdeploy.operators.validate import ValidateModelOperator
+from tfdeploy.services.targets import serving_image_param
 from tfdeploy.settings import get_settings
 
-# A training pipeline announces a new model by updating this Asset (the run then deploys with the
-# Params' defaults or the event's extra); MODEL_DEPLOY_SCHEDULE (cron) adds a time schedule too.
+# A training pipeline announces a new model by updating this Asset, with the model in the event's extra (the
+# run deploys that, never the Params' defaults: tfdeploy.core.run_inputs); MODEL_DEPLOY_SCHEDULE (cron) adds a time
+# schedule too, whose runs deploy the Params' defaults.
 TRAINED_MODELS = Asset("tfdeploy://trained-models")
 _cron = os.environ.get("MODEL_DEPLOY_SCHEDULE", "").strip()
 SCHEDULE = (
@@ -41,8 +45,16 @@ SCHEDULE = (
     if _cron
     else [TRAINED_MODELS]
 )
-MODEL = "{{ params.model_name }}"
-EXAMPLE = get_settings().state_dir / "example" / "good"  # built by `make demo` (include/example_model/build.py)
+EXAMPLE = get_settings().example_dir / "good"  # built by `make demo` (include/example_model/build.py)
+
+
+def run_input(name: str) -> str:
+    """Template of one of the run's inputs as plan_release resolved and checked them (the Params, or an Asset
+    event's extra); the Params' for a task that runs after plan_release failed (release_lock, release_gate)."""
+    return f"{{{{ (ti.xcom_pull(task_ids='plan_release', key='{INPUTS_XCOM}') or params)['{name}'] }}}}"
+
+
+MODEL = run_input("model_name")
 
 with DAG(
     dag_id="model_deploy",
@@ -63,14 +75,14 @@ with DAG(
             description="TF Serving model name (letters, digits, _ - .)",
         ),
         "source": Param(
-            "/tmp/tfdeploy-example/good/saved_model",
+            str(EXAMPLE / "saved_model"),
             type="string",
             minLength=1,
             description="SavedModel directory or .keras file (local path, or webhdfs:///path on HDFS)",
         ),
         "version": Param(None, type=["null", "integer"], minimum=1, description="empty: the next free version"),
         "golden_path": Param(
-            "/tmp/tfdeploy-example/good/golden.json",
+            str(EXAMPLE / "golden.json"),
             type="string",
             minLength=1,
             description="golden examples JSON: inputs, labels, signature_name",
@@ -82,9 +94,7 @@ with DAG(
         ),
         "latency_budget_ms": Param(None, type=["null", "number"], minimum=0),
         "serving_target": Param("local", enum=["local"]),
-        "serving_image": Param(
-            "", type="string", description="empty: SERVING_IMAGE (tensorflow/serving in production)"
-        ),
+        "serving_image": serving_image_param(),
         "smoke_requests": Param(50, type="integer", minimum=1, maximum=10000),
         "smoke_p99_budget_ms": Param(500.0, type="number", minimum=1),
         "max_latency_ratio": Param(3.0, type="number", minimum=1),
@@ -135,7 +145,8 @@ with DAG(
     }
     plan = ReleasePlanOperator(
         task_id="plan_release",
-        model_name=MODEL,
+        model_name="{{ params.model_name }}",
+        inputs={name: f"{{{{ params.{name} }}}}" for name in ("source", "version", "golden_path")},
         strategy="{{ params.strategy }}",
         options={name: f"{{{{ params.{name} }}}}" for name in PLAN_FIELDS if name != "strategy"},
     )
@@ -143,15 +154,15 @@ with DAG(
     export = ExportModelOperator(
         task_id="export",
         model_name=MODEL,
-        source="{{ params.source }}",
-        version="{{ params.version }}",
-        golden_path="{{ params.golden_path }}",
+        source=run_input("source"),
+        version=run_input("version"),
+        golden_path=run_input("golden_path"),
     )
     register = RegisterModelOperator(task_id="register", model_name=MODEL)
     validate = ValidateModelOperator(
         task_id="validate",
         model_name=MODEL,
-        golden_path="{{ params.golden_path }}",
+        golden_path=run_input("golden_path"),
         metric="{{ params.metric }}",
         threshold="{{ params.threshold }}",
         max_regression="{{ params.max_regression }}",
@@ -171,6 +182,7 @@ with DAG(
         model_name=MODEL,
         require_approval="{{ params.require_approval }}",
         timeout_seconds="{{ params.approval_timeout_seconds }}",
+        execution_timeout=timedelta(minutes=10),  # its own work; the wait for a human is timeout_seconds
     )
     gray = GrayReleaseOperator(
         task_id="gray_release", model_name=MODEL, plan="{{ ti.xcom_pull(task_ids='plan_release') }}", **target

@@ -47,5 +47,8 @@ with DAG(
 ) as dag:
     check = ModelHealthOperator(task_id="check", models="{{ params.models }}", notifiers=alert_notifiers)
     TriggerDagRunOperator.partial(
-        task_id="auto_rollback", trigger_dag_id=ROLLBACK_DAG, wait_for_completion=False
+        task_id="auto_rollback",
+        trigger_dag_id=ROLLBACK_DAG,
+        wait_for_completion=False,
+        execution_timeout=timedelta(minutes=5),
     ).expand(conf=check.output)

@@ -14,6 +14,7 @@ from tfdeploy.core.names import MODEL_NAME_PATTERN
 from tfdeploy.operators.gate import ReleaseGateOperator
 from tfdeploy.operators.lock import DeploymentLockSensor, ReleaseLockOperator
 from tfdeploy.operators.manual_rollback import ManualRollbackOperator
+from tfdeploy.services.targets import serving_image_param
 
 MODEL = "{{ params.model_name }}"
 
@@ -39,10 +40,11 @@ with DAG(
         ),
         "reason": Param("", type="string", minLength=3, description="why (recorded in the registry)"),
         "serving_target": Param("local", enum=["local"]),
-        "serving_image": Param("", type="string", description="empty: SERVING_IMAGE"),
+        "serving_image": serving_image_param(),
     },
 ) as dag:
-    lock = DeploymentLockSensor(task_id="acquire_lock", model_name=MODEL)
+    # a rollback rewrites serving from the registry: it may take over a dead run's lease without the agreement check
+    lock = DeploymentLockSensor(task_id="acquire_lock", model_name=MODEL, check_serving_on_takeover=False)
     rollback = ManualRollbackOperator(
         task_id="rollback_to",
         model_name=MODEL,

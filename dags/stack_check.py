@@ -16,6 +16,7 @@ default_args = {
     "owner": "ml-platform",
     "retries": 1,
     "retry_delay": timedelta(seconds=5),
+    "execution_timeout": timedelta(minutes=5),
 }
 
 

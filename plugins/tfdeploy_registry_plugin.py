@@ -20,7 +20,9 @@ This file is where the api-server composes the registry, handing it what reaches
   does), each through the redactor the diagnosis bundles use (tfdeploy.core.redaction, knowing the configured
   secrets);
 - WebHDFS' base URL (the ``webhdfs_default`` Connection, else the stack's settings), for the diagnosis bundles'
-  download links."""
+  download links;
+- a run lookup: who triggered an Airflow run and how (the api-server's database), so what the pipeline's service
+  token writes is recorded as that user's, and no worker holds Airflow credentials to find out."""
 
 from __future__ import annotations
 
@@ -84,6 +86,39 @@ def trigger_rollback(model: str, version: int | None, reason: str, *, automatic:
     if run is None:
         raise RuntimeError(f"Airflow created no {ROLLBACK_DAG} run")
     return str(run.run_id)
+
+
+# how a run was started, as the registry's history names it: by its run type, else by Airflow's `triggered_by`
+_RUN_TYPE_INTERFACE = {"scheduled": "schedule", "asset_triggered": "asset", "backfill": "backfill"}
+_TRIGGERED_BY_INTERFACE = {
+    "ui": "ui",
+    "rest_api": "rest_api",
+    "cli": "cli",
+    "operator": "pipeline",
+    "timetable": "schedule",
+    "asset": "asset",
+    "backfill": "backfill",
+}
+
+
+def airflow_run(dag_id: str, run_id: str) -> dict[str, str] | None:
+    """Who triggered an Airflow run and through what (the api-server's own database session), None if no such
+    run: what the registry records for the pipeline's writes, so no worker needs Airflow credentials for it."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if run is None:
+            return None
+        run_type = str(getattr(run.run_type, "value", run.run_type))
+        triggered_by = str(getattr(run.triggered_by, "value", run.triggered_by) or "").lower()
+        scheduled = run_type in _RUN_TYPE_INTERFACE
+        return {
+            "user": run.triggering_user_name or ("scheduler" if scheduled else "unknown"),
+            "interface": _RUN_TYPE_INTERFACE.get(run_type) or _TRIGGERED_BY_INTERFACE.get(triggered_by) or "unknown",
+        }
 
 
 def start_automatic_rollback(model: str, reason: str) -> str:
@@ -262,6 +297,7 @@ class TfdeployRegistryPlugin(AirflowPlugin):
                 performance_source=model_performance,
                 logs_source=replica_logs,
                 webhdfs_url=webhdfs_base_url(),
+                run_lookup=airflow_run,
             ),
             "url_prefix": "/registry",
             "name": "Model registry",

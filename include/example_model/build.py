@@ -10,7 +10,9 @@ Variants (for tests of the pipeline's guardrails):
   fragile - `better`'s answers, but refuses inputs outside [-1, 1] (INVALID_ARGUMENT, HTTP 400): passes
             validation and smoke (the golden inputs lie inside), fails on live traffic that does not
   slow    - `better`'s answers after ~SLOW_MATMULS 256x256 matrix products per call: correct, but slow
-Also writes `golden.json` (inputs and expected labels) beside the SavedModel directory.
+Also writes `golden.json` (inputs and expected labels) beside the SavedModel directory. `make demo` builds into
+`$TFDEPLOY_STATE_DIR/example/<variant>/` (settings.example_dir), where model_deploy's Params point by default: the
+project's own directory, not a world-writable one such as /tmp.
 
 Usage: python include/example_model/build.py --out DIR [--variant good] [--seed 0]
 """

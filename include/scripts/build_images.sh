@@ -46,3 +46,6 @@ build() {
 build local/python:3.11-bookworm include/images/python-base
 # The TF-Serving-compatible server (stands in for tensorflow/serving, which cannot be pulled here).
 build "${SERVING_IMAGE_TAG:-local/tfserving-compat:latest}" include/images/tfserving-compat include/tfserving_compat constraints.txt
+# The sandbox where model code runs (validation, .keras export, warmup): the server image's TensorFlow plus the
+# sandbox package (include/tfdeploy_sandbox); SANDBOX_IMAGE names it for the pipeline.
+build "${SANDBOX_IMAGE_TAG:-local/tfdeploy-sandbox:latest}" include/images/sandbox include/tfdeploy_sandbox

@@ -103,8 +103,8 @@ def production_version(s, token: str) -> int | None:
 def main() -> int:
     s = get_settings()
     client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password)
-    first = build("good", s.state_dir / "example" / "good")
-    second = build("better", s.state_dir / "example" / "better")
+    first = build("good", s.example_dir / "good")  # model_deploy's Params default to this one
+    second = build("better", s.example_dir / "better")
     client.wait_for_dag(DAG_ID)
     client.unpause(DAG_ID)
     token = client.token()
@@ -146,7 +146,9 @@ def main() -> int:
         f"[demo] serving:  POST {rest}/v1/models/{MODEL}:predict -> {answer.text.strip()}"
         f" (expected about {[round(v, 3) for v in golden['labels'][:2]]})"
     )
-    print(f"[demo] Airflow UI:      {s.airflow_url}/dags/{DAG_ID}  (user {s.airflow_user!r})")
+    print(
+        f"[demo] Airflow UI:      {s.airflow_url}/dags/{DAG_ID}  (user {s.airflow_user!r}; its password: `make status`)"
+    )
     print(f"[demo] Model registry:  {s.airflow_url}/registry/  (API docs {s.airflow_url}/registry/docs)")
     print(f"[demo] TF Serving:      {rest}/v1/models/{MODEL}  (gRPC 127.0.0.1:{s.serving_grpc_port})")
     print(f"[demo] HDFS:            {s.webhdfs_url}/explorer.html#/models/{MODEL}")

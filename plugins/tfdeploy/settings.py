@@ -14,17 +14,25 @@ still win over either profile's defaults.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
+import tempfile
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Databases of the model registry on the stack's PostgreSQL (stack.py creates both, owned by postgres_user).
 REGISTRY_DB = "tfdeploy_registry"
 REGISTRY_TEST_DB = "tfdeploy_registry_test"
+
+# Generated secrets in ``<state dir>/secrets/`` (a 0700 directory of 0600 files, written by stack.py at first
+# set-up): the Airflow admin's password and the registry role's PostgreSQL password, by file name.
+AIRFLOW_PASSWORD_SECRET = "airflow_password"
+POSTGRES_PASSWORD_SECRET = "postgres_password"
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,20 @@ def _profile() -> StackProfile:
         ) from None
 
 
+def _names(name: str) -> tuple[str, ...]:
+    """A comma-separated list (blanks dropped, first occurrence kept)."""
+    return tuple(dict.fromkeys(item.strip() for item in os.environ.get(name, "").split(",") if item.strip()))
+
+
+def _read_secret(path: Path) -> str:
+    """A generated secret's value; "" while it does not exist yet (before the first `stack.py up`) or when this
+    user may not read it."""
+    try:
+        return path.read_text().strip()
+    except (FileNotFoundError, PermissionError, NotADirectoryError):
+        return ""
+
+
 def _stack_port(name: str, dev_default: int) -> int:
     """Port from `name`, else the dev default shifted by the profile's offset (+10000 for the test stack)."""
     return _port(name, dev_default + _profile().port_offset)
@@ -105,7 +127,6 @@ class Settings:
     airflow_host: str = field(default_factory=lambda: _env("AIRFLOW_HOST", "127.0.0.1"))
     airflow_port: int = field(default_factory=lambda: _stack_port("AIRFLOW_PORT", 8080))
     airflow_user: str = field(default_factory=lambda: _env("AIRFLOW_USER", "admin"))
-    airflow_password: str = field(default_factory=lambda: _env("AIRFLOW_PASSWORD", "admin"))
     # HDFS
     hadoop_version: str = field(default_factory=lambda: _env("HADOOP_VERSION", "3.4.2"))
     namenode_rpc_port: int = field(default_factory=lambda: _stack_port("HDFS_NAMENODE_RPC_PORT", 8020))
@@ -124,6 +145,9 @@ class Settings:
     # `local` target's replica (container `<serving_container_prefix>-local`) listens on the replica ports,
     # which the router forwards to and the pipeline drives (reload, status) directly.
     serving_image: str = field(default_factory=lambda: _env("SERVING_IMAGE", "local/tfserving-compat:latest"))
+    # The images a run may choose (the DAGs' `serving_image` Param, checked again by services/targets.py):
+    # SERVING_IMAGES, comma-separated; default: SERVING_IMAGE alone.
+    serving_images: tuple[str, ...] = field(default_factory=lambda: _names("SERVING_IMAGES"))
     serving_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_GRPC_PORT", 8500))
     serving_rest_port: int = field(default_factory=lambda: _stack_port("SERVING_REST_PORT", 8501))
     replica_grpc_port: int = field(default_factory=lambda: _stack_port("SERVING_REPLICA_GRPC_PORT", 8510))
@@ -157,6 +181,41 @@ class Settings:
         default_factory=lambda: os.environ.get("ALERT_EMAIL_TO", "ml-platform@localhost").strip()
     )
     alert_email_from: str = field(default_factory=lambda: _env("ALERT_EMAIL_FROM", "tfdeploy@localhost"))
+    # Model code (validation, .keras export, warmup) runs in containers of this image (hooks/sandbox.py), built by
+    # include/scripts/build_images.sh. GOLDEN_ROOTS: more directories golden examples files may be read from
+    # (os.pathsep- or comma-separated), besides the example models' (`golden_roots`).
+    sandbox_image: str = field(default_factory=lambda: _env("SANDBOX_IMAGE", "local/tfdeploy-sandbox:latest"))
+    golden_roots_setting: str = field(default_factory=lambda: os.environ.get("GOLDEN_ROOTS", "").strip())
+
+    def __post_init__(self) -> None:
+        if not self.serving_images:
+            object.__setattr__(self, "serving_images", (self.serving_image,))
+        elif self.serving_image not in self.serving_images:
+            raise ValueError(
+                f"SERVING_IMAGE={self.serving_image!r} is not in SERVING_IMAGES={','.join(self.serving_images)!r}: "
+                "add it there (it is the default choice of the DAGs' serving_image Param)"
+            )
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Generated secrets (0700, each file 0600): stack.py writes them, the owner and root read them."""
+        return self.state_dir / "secrets"
+
+    @property
+    def airflow_password_file(self) -> Path:
+        """Where `stack.py up` stores the generated Airflow admin password (unless AIRFLOW_PASSWORD is set)."""
+        return self.secrets_dir / AIRFLOW_PASSWORD_SECRET
+
+    @property
+    def airflow_password(self) -> str:
+        """The admin's password: AIRFLOW_PASSWORD if set, else the one generated at first set-up ("" before it)."""
+        return _env("AIRFLOW_PASSWORD", "") or _read_secret(self.airflow_password_file)
+
+    @property
+    def postgres_password(self) -> str:
+        """The registry role's PostgreSQL password: POSTGRES_PASSWORD if set, else the one generated at first
+        set-up ("" before it). The server asks every role for its password (scram-sha-256)."""
+        return _env("POSTGRES_PASSWORD", "") or _read_secret(self.secrets_dir / POSTGRES_PASSWORD_SECRET)
 
     @property
     def ports(self) -> dict[str, int]:
@@ -221,18 +280,46 @@ class Settings:
     def postgres_socket_dir(self) -> Path:
         return self.postgres_home / "run"
 
+    def _postgres_url(self, db: str) -> str:
+        password = self.postgres_password
+        auth = quote(self.postgres_user, safe="") + (f":{quote(password, safe='')}" if password else "")
+        return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.postgres_port}/{db}"
+
     @property
     def postgres_url(self) -> str:
-        return f"postgresql+psycopg2://{self.postgres_user}@127.0.0.1:{self.postgres_port}/{REGISTRY_DB}"
+        """The registry's database as the registry role, with its password (url-quoted)."""
+        return self._postgres_url(REGISTRY_DB)
 
     @property
     def postgres_test_url(self) -> str:
-        return f"postgresql+psycopg2://{self.postgres_user}@127.0.0.1:{self.postgres_port}/{REGISTRY_TEST_DB}"
+        """The tests' registry database as the registry role, with its password (url-quoted)."""
+        return self._postgres_url(REGISTRY_TEST_DB)
 
     @property
     def registry_db_url(self) -> str:
-        """SQLAlchemy URL of the model registry's database (SQLite by default; `postgres_url` for PostgreSQL)."""
-        return _env("REGISTRY_DB_URL", f"sqlite:///{self.state_dir / 'registry.db'}")
+        """SQLAlchemy URL of the model registry's database: the stack's PostgreSQL (`postgres_url`) unless
+        REGISTRY_DB_URL says otherwise (e.g. ``sqlite:///path/registry.db`` for a registry on its own). A state
+        directory from before, whose registry is the SQLite file ``registry.db``, keeps it (nothing is lost)."""
+        legacy = self.state_dir / "registry.db"
+        return _env("REGISTRY_DB_URL", f"sqlite:///{legacy}" if legacy.exists() else self.postgres_url)
+
+    @property
+    def example_dir(self) -> Path:
+        """The example model's builds (`make demo`, include/example_model/build.py): ``<variant>/saved_model`` and
+        ``<variant>/golden.json``; model_deploy's Params default to the ``good`` one."""
+        return self.state_dir / "example"
+
+    @property
+    def golden_roots(self) -> tuple[Path, ...]:
+        """The directories golden examples files may be read from (core/golden.py checks each path once, links
+        and ``..`` resolved): the example models' directory, on the test stack also pytest's temporary root of
+        this user (where the tests build their examples), and every directory in GOLDEN_ROOTS."""
+        roots = [self.example_dir]
+        if self.stack == "test":
+            roots.append(Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}")
+        parts = self.golden_roots_setting.replace(os.pathsep, ",").split(",")
+        roots += [Path(p.strip()).expanduser() for p in parts if p.strip()]
+        return tuple(dict.fromkeys(roots))
 
     @property
     def logs_dir(self) -> Path:

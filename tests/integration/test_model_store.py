@@ -153,8 +153,8 @@ def test_different_content_is_a_conflict_and_the_original_stays(store, model, ex
 
 def test_publish_with_the_callers_manifest_hashes_nothing_again(store, model, export, monkeypatch):
     manifest = build_manifest(export)
-    real_hash, hashed = mf.hash_file, []
-    monkeypatch.setattr(mf, "hash_file", lambda path: hashed.append(path) or real_hash(path))
+    real_hash, hashed = mf.hash_stream, []
+    monkeypatch.setattr(mf, "hash_stream", lambda fh: hashed.append(fh.name) or real_hash(fh))
     assert build_manifest(export) == manifest and len(hashed) == 4  # the counter sees build_manifest's hashing
     hashed.clear()
 
@@ -465,3 +465,73 @@ def test_publish_removes_temp_dirs_a_crashed_publisher_left(store, model, export
 
     store.publish(export, model, 1)
     assert children(store, model) == [".tmp-1-b0sy0000", ".tmp-1-rece0000", "1"]
+
+
+# --------------------------------------------------------------------------- staging onto a serving host
+
+
+@pytest.fixture
+def staging(tmp_path):
+    """A serving target's stable pool whose model root is a temp dir (staging needs no container or server)."""
+    from tfdeploy.hooks.serving_host import ServingHostHook
+    from tfdeploy.hooks.tfserving import TFServingHook
+    from tfdeploy.services.serving_target import ServingTargetService
+    from tfdeploy.services.targets import ServingTarget
+
+    root = tmp_path / "serving"
+    target = ServingTarget("t", "image", "tfserving-unused", root, "unused", "unused", "unused")
+    host = ServingHostHook(None, model_root=root, base_url="unix:///var/run/docker.sock")
+    serving = TFServingHook(None, grpc_target="127.0.0.1:1", rest_url="http://127.0.0.1:1")
+    return ServingTargetService(target, host=host, serving=serving)
+
+
+def staged(staging, model: str) -> list[str]:
+    model_dir = staging.host.model_dir(model)
+    return sorted(os.listdir(model_dir)) if model_dir.exists() else []
+
+
+def test_staging_verifies_every_file_against_the_recorded_manifest(store, model, export, staging):
+    result = store.publish(export, model, 1)
+    assert staging.stage(store, model, 1, manifest_sha256=result.manifest_sha256) == f"/models/{model}"
+    files, dirs = tree(staging.host.version_dir(model, 1))
+    assert (files, dirs) == tree(export)
+    assert staged(staging, model) == ["1"]  # no temp dir left
+    staging.stage(store, model, 1, manifest_sha256=result.manifest_sha256)  # staged and identical: kept
+
+
+def test_staging_a_file_changed_on_hdfs_fails_naming_it_and_stages_nothing(store, model, export, staging):
+    result = store.publish(export, model, 1)
+    target = f"{store.version_dir(model, 1)}/variables/variables.index"
+    store.client.write(target, data=b"\x00" * store.client.status(target)["length"], overwrite=True)
+
+    with pytest.raises(ChecksumMismatch, match=r"variables/variables\.index is corrupt") as excinfo:
+        staging.stage(store, model, 1, manifest_sha256=result.manifest_sha256)
+    assert excinfo.value.path == "variables/variables.index"
+    assert staged(staging, model) == []  # no version directory the server could load, no temp dir
+
+
+def test_staging_a_version_whose_manifest_was_swapped_fails_naming_the_manifest(store, model, export, staging):
+    """Changing a file AND its manifest entry on HDFS passes the file checks; the recorded checksum catches it."""
+    result = store.publish(export, model, 1)
+    version_dir = store.version_dir(model, 1)
+    forged = b"another graph"
+    manifest = store.read_manifest(model, 1)
+    manifest["files"]["saved_model.pb"] = {"size": len(forged), "sha256": hashlib.sha256(forged).hexdigest()}
+    manifest["total_bytes"] = sum(entry["size"] for entry in manifest["files"].values())
+    store.client.write(f"{version_dir}/saved_model.pb", data=forged, overwrite=True)
+    store.client.write(f"{version_dir}/{MANIFEST_NAME}", data=encode_manifest(manifest), overwrite=True)
+
+    with pytest.raises(
+        ChecksumMismatch, match=f"{MANIFEST_NAME} has sha256 .* expected {result.manifest_sha256}"
+    ) as ei:
+        staging.stage(store, model, 1, manifest_sha256=result.manifest_sha256)
+    assert ei.value.path == MANIFEST_NAME
+    assert staged(staging, model) == []
+
+
+def test_staging_without_a_recorded_checksum_is_refused(store, model, export, staging):
+    store.publish(export, model, 1)
+    for recorded in ("", "not-a-sha"):
+        with pytest.raises(ChecksumMismatch, match="not a sha256 .*register the version with the manifest_sha256"):
+            staging.stage(store, model, 1, manifest_sha256=recorded)
+        assert staged(staging, model) == []

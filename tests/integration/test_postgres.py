@@ -1,4 +1,5 @@
-"""The stack's PostgreSQL (`stack.py up postgres`): a real server for the model registry's tests, on loopback only."""
+"""The stack's PostgreSQL (`stack.py up postgres`): a real server for the model registry's tests, on loopback only,
+where every role gives its password (scram-sha-256), over TCP and over the socket alike."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import struct
 import uuid
 from pathlib import Path
 
+import psycopg2
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
+
+import stack
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +74,40 @@ def test_listens_on_loopback_only(engine: Engine, settings):
         assert conn.execute(text("SHOW port")).scalar() == str(settings.postgres_port)
         assert conn.execute(text("SELECT host(inet_server_addr())")).scalar() == "127.0.0.1"
     assert _tcp_listeners(settings.postgres_port) == {"127.0.0.1"}
+
+
+def _connect(settings, host: str, user: str, **password: str):
+    return psycopg2.connect(
+        host=host, port=settings.postgres_port, user=user, dbname="postgres", connect_timeout=5, **password
+    )
+
+
+@pytest.mark.parametrize("role", ["registry", "superuser"])
+@pytest.mark.parametrize("over", ["tcp", "socket"])
+def test_a_connection_without_the_right_password_is_refused(settings, role, over):
+    user = settings.postgres_user if role == "registry" else stack.PG_SUPERUSER
+    host = "127.0.0.1" if over == "tcp" else str(settings.postgres_socket_dir)
+    with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
+        _connect(settings, host, user)
+    with pytest.raises(psycopg2.OperationalError, match=f'password authentication failed for user "{user}"'):
+        _connect(settings, host, user, password="trust-me")
+    right = stack.pg_passwords(settings)[user]
+    assert user != settings.postgres_user or right == settings.postgres_password  # what the registry's URL carries
+    conn = _connect(settings, host, user, password=right)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            assert cur.fetchone() == (user,)
+    finally:
+        conn.close()
+
+
+def test_the_server_s_rules_ask_every_connection_for_a_password(settings):
+    rules = stack._pg_query(settings, "SELECT type, auth_method, coalesce(error, '') FROM pg_hba_file_rules")
+    assert sorted(rules) == [("host", "scram-sha-256", ""), ("local", "scram-sha-256", "")]
+    [(method,)] = stack._pg_query(settings, "SHOW password_encryption")
+    assert method == "scram-sha-256"
+    roles = stack._pg_query(
+        settings, "SELECT rolname, rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolcanlogin"
+    )
+    assert dict(roles) == {stack.PG_SUPERUSER: True, settings.postgres_user: True}

@@ -381,8 +381,8 @@ def test_registry_page(registry_url: str, browser, artifacts_dir: Path, rollback
     expect(page.get_by_test_id("release-pause")).to_be_disabled()
     control = page.locator("[data-testid=history-row][data-kind=release_control]")
     expect(control).to_have_count(1)  # the cancelled abort left no trace
-    expect(control.get_by_test_id("event-extra")).to_have_text("pause by api-token")
-    expect(control.get_by_test_id("event-actor")).to_have_text("api-token")
+    expect(control.get_by_test_id("event-extra")).to_have_text("pause by tfdeploy-service")
+    expect(control.get_by_test_id("event-actor")).to_have_text("tfdeploy-service")
     expect(control).to_contain_text("p99 up 30% on the canary")
     page.once("dialog", lambda dialog: dialog.accept("canary is fine"))
     page.get_by_test_id("release-promote").click()
@@ -434,14 +434,14 @@ def test_registry_page(registry_url: str, browser, artifacts_dir: Path, rollback
     approval.click()
     settings_event = page.locator("[data-testid=history-row][data-kind=settings]").first
     expect(settings_event.get_by_test_id("event-extra")).to_have_text("require approval off → on")
-    expect(settings_event.get_by_test_id("event-actor")).to_have_text("api-token")
+    expect(settings_event.get_by_test_id("event-actor")).to_have_text("tfdeploy-service")
     expect(page.get_by_test_id("setting-require-approval")).to_be_checked()
 
     # freeze (asks why), then unfreeze
     page.once("dialog", lambda dialog: dialog.accept("incident 42"))
     page.get_by_test_id("freeze").click()
     expect(page.get_by_test_id("detail-frozen")).to_have_text("frozen")
-    expect(page.get_by_test_id("frozen-note")).to_contain_text("Frozen by api-token")
+    expect(page.get_by_test_id("frozen-note")).to_contain_text("Frozen by tfdeploy-service")
     expect(page.get_by_test_id("frozen-note")).to_contain_text("incident 42")
     expect(page.locator("[data-testid=history-row][data-kind=freeze]")).to_contain_text("incident 42")
     shot = artifacts_dir / "registry-page-operations.png"

@@ -229,11 +229,76 @@ def test_the_approval_step_renders_the_run_s_params_natively(deploy):
     assert isinstance(approval, ReleaseApprovalOperator)
     assert approval.retries == 0 and approval.retriable is False  # over the DAG's default retries
     assert approval.fail_on_reject is True and approval.defaults == ["Reject"]
-    context = {"params": deploy.params.dump() | {"require_approval": True, "approval_timeout_seconds": 15}}
+    context = {
+        "params": deploy.params.dump() | {"require_approval": True, "approval_timeout_seconds": 15},
+        "ti": XComs({}),
+    }
     env = deploy.get_template_env()
     assert approval.render_template(approval.require_approval, context, env) is True
     assert approval.render_template(approval.timeout_seconds, context, env) == 15
     assert approval.render_template(approval.model_name, context, env) == "demo_regressor"
+
+
+# --------------------------------------------------------------------------- model_deploy's inputs and image
+
+
+class XComs:
+    """``ti`` for rendering: xcom_pull answers from {(task_id, key): value}."""
+
+    def __init__(self, xcoms: dict) -> None:
+        self.xcoms = xcoms
+
+    def xcom_pull(self, task_ids=None, key="return_value", **_kw):
+        return self.xcoms.get((task_ids, key))
+
+
+def test_the_example_defaults_point_into_the_state_directory_not_tmp(deploy, settings):
+    defaults = deploy.params.dump()
+    assert defaults["source"] == str(settings.example_dir / "good" / "saved_model")
+    assert defaults["golden_path"] == str(settings.example_dir / "good" / "golden.json")
+    assert not any(str(value).startswith("/tmp") for value in defaults.values())
+
+
+def test_every_task_deploys_the_inputs_plan_release_resolved(deploy):
+    """plan_release renders the Params (its own templates); every later task reads the inputs it resolved and
+    checked (the Params, or an Asset event's extra), so an Asset-triggered run never deploys the Params' defaults."""
+    env = deploy.get_template_env()
+    params = deploy.params.dump()
+    plan = deploy.task_dict["plan_release"]
+    assert plan.render_template(plan.model_name, {"params": params}, env) == "demo_regressor"
+    assert plan.render_template(plan.inputs, {"params": params}, env) == {
+        name: params[name] for name in ("source", "version", "golden_path")
+    }
+    resolved = {"model_name": "fraud", "source": "webhdfs:///trained/fraud/7", "version": 7, "golden_path": "/g.json"}
+    context = {"params": params, "ti": XComs({("plan_release", "inputs"): resolved})}
+    for task in deploy.tasks:
+        if task.task_id == "plan_release":
+            continue
+        assert task.render_template(task.model_name, context, env) == "fraud", task.task_id
+    export = deploy.task_dict["export"]
+    assert [export.render_template(getattr(export, f), context, env) for f in ("source", "version", "golden_path")] == [
+        "webhdfs:///trained/fraud/7",
+        7,
+        "/g.json",
+    ]
+    validate = deploy.task_dict["validate"]
+    assert validate.render_template(validate.golden_path, context, env) == "/g.json"
+    # plan_release failed (no inputs): the tasks that still run (release_lock, release_gate) read the Params
+    gate = deploy.task_dict["release_gate"]
+    assert gate.render_template(gate.model_name, {"params": params, "ti": XComs({})}, env) == "demo_regressor"
+
+
+@pytest.mark.parametrize("dag_id", ["model_deploy", "model_rollback"])
+def test_serving_image_is_a_choice_of_the_allowlist(dagbag, dag_id, settings):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    image = dagbag.dags[dag_id].params.get_param("serving_image")
+    assert image.value == settings.serving_image
+    assert image.schema["enum"] == list(settings.serving_images)
+    with pytest.raises(ParamValidationError):
+        param(dagbag.dags[dag_id], "serving_image").resolve("attacker/miner:latest")
+    with pytest.raises(ParamValidationError):
+        param(dagbag.dags[dag_id], "serving_image").resolve("")
 
 
 # --------------------------------------------------------------------------- the operations DAGs

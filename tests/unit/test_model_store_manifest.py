@@ -81,9 +81,8 @@ def test_manifest_sha256_is_the_sha256_of_the_manifest_bytes(export):
 
 
 def test_symlinked_files_are_followed_and_symlinked_directories_refused(export, tmp_path):
-    outside = tmp_path / "outside.bin"
-    outside.write_bytes(b"linked")
-    os.symlink(outside, export / "linked.bin")
+    (export / "extra" / "data.bin").write_bytes(b"linked")
+    os.symlink("extra/data.bin", export / "linked.bin")  # inside the model: followed (links leaving it: refused)
     assert build_manifest(export)["files"]["linked.bin"] == {"size": 6, "sha256": _sha(b"linked")}
     os.symlink(export / "variables", export / "vars_link")
     with pytest.raises(PublishError, match="vars_link is a symlink to a directory"):

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import stack
-from tfdeploy.settings import Settings
+from tfdeploy.settings import Settings, settings_for
 
 
 def test_bad_port_names_the_variable(monkeypatch):
@@ -19,13 +19,15 @@ def test_bad_port_names_the_variable(monkeypatch):
         Settings()
 
 
-def test_credentials_come_from_the_environment(monkeypatch):
+def test_credentials_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("AIRFLOW_USER", "ops")
     monkeypatch.setenv("AIRFLOW_PASSWORD", "s3cret")
-    s = Settings()
+    s = settings_for("dev")
     assert (s.airflow_user, s.airflow_password) == ("ops", "s3cret")
-    env = stack.airflow_env(s)
-    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "ops:admin"
+    assert stack.airflow_env(s)["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "ops:admin"
+    assert stack.airflow_passwords(s) == {"ops": "s3cret"}
+    assert not s.airflow_password_file.exists()  # nothing generated when the environment gives it
 
 
 def test_hadoop_config_binds_loopback_and_redirects_to_it(monkeypatch, tmp_path):
@@ -79,11 +81,13 @@ def test_postgres_settings(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TFDEPLOY_STACK", "dev")
     monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("POSTGRES_PASSWORD", raising=False)
     s = Settings()
     assert s.postgres_port == 5433  # not 5432: a machine's own PostgreSQL keeps its port
+    # before the first `stack.py up` there is no password yet
     assert s.postgres_url == "postgresql+psycopg2://tfdeploy@127.0.0.1:5433/tfdeploy_registry"
     assert s.postgres_test_url == "postgresql+psycopg2://tfdeploy@127.0.0.1:5433/tfdeploy_registry_test"
-    assert s.registry_db_url == f"sqlite:///{tmp_path}/registry.db"
+    assert s.registry_db_url == s.postgres_url  # the registry lives in the stack's PostgreSQL
     assert s.postgres_data_dir == tmp_path / "postgres" / "data"
     monkeypatch.setenv("POSTGRES_PORT", "6543")
     monkeypatch.setenv("REGISTRY_DB_URL", "postgresql+psycopg2://reg@127.0.0.1:6543/tfdeploy_registry")
@@ -172,3 +176,11 @@ def test_postgres_is_stopped_with_sigint_to_the_postmaster_only(monkeypatch, tmp
 
     assert signals("postmaster") == ["SIGINT"], "the postmaster gets SIGINT (fast shutdown) and nothing else"
     assert signals("child") == ["SIGUSR1"], "the child is stopped by its postmaster, never signalled directly"
+
+
+def test_a_registry_kept_in_sqlite_before_stays_there(monkeypatch, tmp_path):
+    monkeypatch.delenv("REGISTRY_DB_URL", raising=False)
+    monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
+    assert Settings().registry_db_url == Settings().postgres_url
+    (tmp_path / "registry.db").write_bytes(b"")  # a state directory from before the registry moved to PostgreSQL
+    assert Settings().registry_db_url == f"sqlite:///{tmp_path}/registry.db"

@@ -67,7 +67,9 @@ def test_test_profile_moves_every_default(clean_env):
     assert s.stack == "test"
     assert s.state_dir == PROJECT_ROOT / ".state-test"
     assert s.airflow_home == PROJECT_ROOT / ".state-test" / "airflow"
-    assert s.registry_db_url == f"sqlite:///{PROJECT_ROOT / '.state-test' / 'registry.db'}"
+    assert s.registry_db_url.startswith("postgresql+psycopg2://tfdeploy") and s.registry_db_url.endswith(
+        "@127.0.0.1:15433/tfdeploy_registry"
+    )
     assert s.ports == {var: port + 10000 for var, port in DEV_PORTS.items()}
     assert (s.airflow_port, s.namenode_rpc_port, s.webhdfs_port, s.postgres_port) == (18080, 18020, 19870, 15433)
     assert (s.datanode_port, s.datanode_http_port, s.datanode_ipc_port) == (19866, 19864, 19867)

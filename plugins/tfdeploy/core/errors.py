@@ -55,6 +55,10 @@ class LockHeld(Conflict):
     """The model's deployment lock is held by another run and has not expired."""
 
 
+class LeaseLost(TfdeployError):
+    """This run's deployment lease expired or was taken over while it ran: it must stop changing serving."""
+
+
 class Unauthorized(RegistryError):
     """No valid credentials were sent."""
 
@@ -86,6 +90,11 @@ class RollbackNotStarted(RegistryError):
 
 class InvalidModelName(InvalidRequest, ValueError):
     """A model name unsafe as a TF Serving model name, a URL path segment or a directory name."""
+
+
+class InvalidRunInputs(TfdeployError, ValueError):
+    """A run's inputs (model, source, version, golden examples) are missing or break a Param's rule, e.g. an
+    Asset-triggered run whose event has no valid ``extra``; the message names the key. Nothing was changed."""
 
 
 # --------------------------------------------------------------------------- the model store (HDFS)
@@ -131,6 +140,11 @@ class ChecksumMismatch(ModelStoreError):
 
 class PublishError(ModelStoreError):
     """Publishing failed; nothing was written under the version's numeric directory."""
+
+
+class ModelStoreUnavailable(ModelStoreError):
+    """HDFS (a NameNode or DataNode) refused the connection or did not answer within the timeout; the message
+    names the server. Nothing is left half-written (publishing and fetching work in temp dirs): retry later."""
 
 
 # --------------------------------------------------------------------------- serving
@@ -206,6 +220,11 @@ class SharedDiskRequired(ServingHostError):
     """The Docker engine is not on this machine, so a bind-mounted model directory cannot be shared with it."""
 
 
+class DockerEngineUnavailable(ServingHostError):
+    """The serving host's Docker engine refused the connection or did not answer within the timeout; the message
+    names the engine and the call. Retry once the engine answers."""
+
+
 class StagingConflict(ServingHostError):
     """A version directory already exists on the serving host with different content."""
 
@@ -222,5 +241,32 @@ class RouterError(ServingError):
     """The traffic router (HAProxy) could not be reached or refused a runtime change; nothing was changed."""
 
 
+class ServingImageNotAllowed(ServingError, ValueError):
+    """A serving image outside the configured allowlist (``SERVING_IMAGES``); the message lists the allowed images.
+    Nothing was started."""
+
+
 class PrometheusError(TfdeployError):
     """A Prometheus query failed (unreachable, refused, or a bad expression); says which."""
+
+
+# --------------------------------------------------------------------------- the sandbox and golden files
+
+
+class SandboxError(TfdeployError):
+    """Base of the errors of the sandbox, the container where model code runs (``hooks/sandbox.py``)."""
+
+
+class SandboxFailed(SandboxError):
+    """A sandbox job failed: it exited non-zero (or was killed for memory), reported an error, or wrote something
+    other than regular files and directories. The message says what ran, how it ended and its last log lines."""
+
+
+class SandboxTimeout(SandboxError):
+    """A sandbox job ran past its wall-clock limit: its container was killed and removed. The message says what
+    ran, for how long, and its last log lines."""
+
+
+class GoldenPathNotAllowed(TfdeployError, ValueError):
+    """A golden examples file outside the configured roots (``GOLDEN_ROOTS``), after resolving links and ``..``;
+    the message lists the allowed roots and how to add one."""

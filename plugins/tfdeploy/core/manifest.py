@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from tfdeploy.core.errors import ModelStoreError, PublishError
 from tfdeploy.core.names import parse_version_dir
@@ -65,12 +65,17 @@ def check_rel_path(rel: str) -> str:
 
 def hash_file(path: str | os.PathLike[str]) -> tuple[int, str]:
     """(size, sha256 hex) of a file, read in CHUNK_SIZE chunks."""
+    with open(path, "rb") as fh:
+        return hash_stream(fh)
+
+
+def hash_stream(fh: BinaryIO) -> tuple[int, str]:
+    """(size, sha256 hex) of what is left to read in an open binary file, read in CHUNK_SIZE chunks."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := fh.read(CHUNK_SIZE):
+        digest.update(chunk)
+        size += len(chunk)
     return size, digest.hexdigest()
 
 
@@ -98,12 +103,17 @@ def map_parallel(fn: Callable[[_T], _R], items: Sequence[_T], max_workers: int) 
 def scan_tree(local_dir: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """(directories, files) under local_dir as sorted relative paths, checked to be publishable.
 
-    Symlinks to files are followed; symlinked directories, dangling links and special files, paths HDFS
-    cannot hold, the reserved manifest name and a tree without files are refused with PublishError.
+    Symbolic links: a link whose target resolves outside local_dir (directly or through other links, to a
+    file, a directory or nothing) is refused before anything is read, so a model cannot carry a file of the
+    machine that publishes it (``variables/x -> /etc/hostname``). A link to a file inside local_dir is followed:
+    its content is published as a regular file, so the version is self-contained. Links to directories (inside
+    too: they could loop), dangling links, special files, paths HDFS cannot hold, the reserved manifest name and
+    a tree without files are refused. Every refusal is a PublishError naming the path.
     """
     root = Path(local_dir)
     if not root.is_dir():
         raise PublishError(f"{root} is not a directory: pass the SavedModel's directory (the one with saved_model.pb)")
+    real_root = root.resolve()
     directories: list[str] = []
     files: list[str] = []
 
@@ -114,6 +124,7 @@ def scan_tree(local_dir: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         here = Path(dirpath)
         for name in dirnames:
             if (here / name).is_symlink():
+                _check_link_target(real_root, here / name)
                 raise PublishError(
                     f"{here / name} is a symlink to a directory; copy the real directory into the export "
                     "(cp -rL) so the published version is self-contained"
@@ -121,6 +132,8 @@ def scan_tree(local_dir: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
             directories.append((here / name).relative_to(root).as_posix())
         for name in filenames:
             path = here / name
+            if path.is_symlink():
+                _check_link_target(real_root, path)
             if not path.is_file():
                 kind = "a dangling symlink" if path.is_symlink() else "not a regular file"
                 raise PublishError(f"{path} is {kind}; remove it from the export or replace it with a regular file")
@@ -137,6 +150,40 @@ def scan_tree(local_dir: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     return sorted(directories), sorted(files)
 
 
+def _check_link_target(real_root: Path, link: Path) -> Path:
+    """The real path a symlink under real_root leads to; PublishError if that is outside real_root."""
+    try:
+        target = link.resolve()  # follows every link on the way; a dangling one resolves as far as it can
+    except (OSError, RuntimeError) as exc:  # a loop of links (RuntimeError before Python 3.13)
+        raise PublishError(f"{link} cannot be resolved ({exc}); remove the link from the export") from None
+    if not target.is_relative_to(real_root):
+        via = f"a symlink to {os.readlink(link)}" if link.is_symlink() else "reached through a symlink"
+        raise PublishError(
+            f"{link} is {via} ({target}), outside the model directory {real_root}: "
+            "refused, nothing was uploaded. A published model holds only its own files: copy what it needs into "
+            "the export as regular files, or remove the link"
+        )
+    return target
+
+
+def check_links(local_dir: str | os.PathLike[str]) -> None:
+    """PublishError naming the first symlink under local_dir whose target resolves outside it (for copies of a
+    tree made with a tool that follows links, such as shutil.copytree)."""
+    root = Path(local_dir)
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            if (Path(dirpath) / name).is_symlink():
+                _check_link_target(real_root, Path(dirpath) / name)
+
+
+def open_in_tree(root: str | os.PathLike[str], rel: str) -> BinaryIO:
+    """Open root/rel for reading, refusing (PublishError) if it resolves outside root: a link swapped for one
+    that leaves the tree after :func:`scan_tree` checked it is not read either."""
+    real_root = Path(root).resolve()
+    return open(_check_link_target(real_root, real_root / rel), "rb")
+
+
 def build_manifest(local_dir: str | os.PathLike[str], *, max_workers: int = 1) -> Manifest:
     """The manifest of every directory and file under local_dir (relative paths, sizes, sha256)."""
     root = Path(local_dir)
@@ -144,7 +191,8 @@ def build_manifest(local_dir: str | os.PathLike[str], *, max_workers: int = 1) -
 
     def hash_one(rel: str) -> tuple[int, str]:
         try:
-            return hash_file(root / rel)
+            with open_in_tree(root, rel) as fh:
+                return hash_stream(fh)
         except OSError as exc:
             raise PublishError(f"cannot read {root / rel}: {exc.strerror or exc}; make the export readable") from exc
 
@@ -167,6 +215,11 @@ def encode_manifest(manifest: Manifest) -> bytes:
 def manifest_sha256(data: bytes) -> str:
     """The content's identity: the sha256 of the manifest's bytes (as stored, i.e. encode_manifest's)."""
     return hashlib.sha256(data).hexdigest()
+
+
+def is_sha256(value: object) -> bool:
+    """Whether ``value`` is a sha256 as the store writes it (64 lower-case hex digits)."""
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
 
 
 # --- reading and checking ------------------------------------------------------------------------------------

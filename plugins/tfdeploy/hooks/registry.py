@@ -15,8 +15,9 @@ Every method is a few lines over one request helper (:meth:`RegistryHook._call`)
  - results are typed (:class:`VersionRecord`, :class:`ModelRecord`, :class:`Lease`, :class:`HealthRecord`,
    :class:`Traffic`, :class:`ModelSettings`, :class:`AlertRecord`), states are :class:`ModelState`.
 
-``context`` is the lineage dict of the run (``tfdeploy.lineage.run_context``: actor, interface, dagId, runId,
-taskId); writes record it in the registry's history.
+``context`` is the lineage dict of the run (``tfdeploy.lineage.run_context``: interface, dagId, runId,
+taskId); writes record it in the registry's history, with the run's triggering user (which the registry looks
+up in Airflow) as who acted.
 
 Retrying a write after a timeout or a 502/504 (not after a refused connection or the registry's own 503,
 which changed nothing) can repeat a write that did happen: registering the same version again is a no-op,
@@ -222,16 +223,19 @@ class Lease:
     """A held deployment lock: ``token`` renews and releases it; it lapses at ``expires_at``."""
 
     model: str
-    token: str
+    token: str  # "" unless this answer created the lease
     holder: str
     run_id: str
     expires_at: dt.datetime
+    taken_over_from: Mapping[str, Any] | None = None  # the expired lease this one replaced: holder, runId, expiredAt
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Lease:
         expires = _time(d["expiresAt"])
         assert expires is not None
-        return cls(d["modelName"], d["token"], d["holder"], d.get("runId") or "", expires)
+        return cls(
+            d["modelName"], d.get("token") or "", d["holder"], d.get("runId") or "", expires, d.get("takenOverFrom")
+        )
 
 
 @dataclass(frozen=True)
@@ -315,14 +319,15 @@ class RegistryHook(BaseHook):
         *,
         timeout: float = 10.0,
         connect_timeout: float = 5.0,
-        max_attempts: int = 5,
+        max_attempts: int = 8,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
         max_elapsed: float = 30.0,
     ) -> None:
         """``timeout``/``connect_timeout``: seconds per request; retries: at most ``max_attempts`` attempts,
         waiting ``backoff`` * 2**n seconds (at most ``max_backoff``) between them, none started after
-        ``max_elapsed`` seconds (``max_attempts=1``: no retries)."""
+        ``max_elapsed`` seconds (``max_attempts=1``: no retries). The defaults ride through about 30 s of a
+        registry answering 503 (its database away) before the task fails, and Airflow retries the task."""
         super().__init__()
         self.registry_conn_id = registry_conn_id
         self.timeout = timeout
@@ -361,7 +366,15 @@ class RegistryHook(BaseHook):
     def get_conn(self) -> requests.Session:
         return self.session
 
-    def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """One request with retries; the decoded JSON answer (None if empty) or a typed error."""
         url = f"{self.base_url}{path}"
         started = time.monotonic()
@@ -372,7 +385,7 @@ class RegistryHook(BaseHook):
             reraise=False,
         )
         try:
-            resp = retrying(self._send, method, url, params, body)
+            resp = retrying(self._send, method, url, params, body, headers)
         except RetryError as exc:
             attempts = exc.last_attempt.attempt_number
             raise RegistryUnavailable(
@@ -385,10 +398,12 @@ class RegistryHook(BaseHook):
             raise self._error(method, url, resp)
         return resp.json() if resp.content else None
 
-    def _send(self, method: str, url: str, params: Mapping[str, Any] | None, body: Any) -> requests.Response:
+    def _send(
+        self, method: str, url: str, params: Mapping[str, Any] | None, body: Any, headers: Mapping[str, str] | None
+    ) -> requests.Response:
         try:
             resp = self.session.request(
-                method, url, params=params, json=body, timeout=(self.connect_timeout, self.timeout)
+                method, url, params=params, json=body, headers=headers, timeout=(self.connect_timeout, self.timeout)
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
@@ -661,23 +676,30 @@ class RegistryHook(BaseHook):
     # ------------------------------------------------------------------ deployment lock (a lease)
 
     def acquire_lock(self, model: str, *, holder: str, run_id: str, ttl_seconds: float, context: Context) -> Lease:
-        """Take the model's deployment lock (LockHeld while another run holds it); the same run again extends it."""
+        """Take the model's deployment lock (LockHeld while another run holds it). A new lease comes with its token
+        (``Lease.token``, given only here); the same run and principal asking again extends its lease (no token)."""
         body = {"holder": holder, "runId": run_id, "ttlSeconds": ttl_seconds, "context": dict(context)}
         return Lease.from_json(self._call("POST", self._path(model, "lock"), body=body))
 
-    def renew_lock(self, model: str, token: str, *, ttl_seconds: float) -> Lease:
-        """Extend the lease (Conflict if it lapsed and another run took the lock)."""
-        body = {"token": token, "ttlSeconds": ttl_seconds}
-        return Lease.from_json(self._call("POST", self._path(model, "lock", "renew"), body=body))
+    def renew_lock(self, model: str, *, ttl_seconds: float, context: Context, token: str = "") -> Lease:
+        """Extend the lease as its holder: ``token``, or (none) this principal acting for the run that took it.
+        Conflict if it expired or another run holds it: the caller must stop changing serving."""
+        body = {"ttlSeconds": ttl_seconds, "context": dict(context)}
+        return Lease.from_json(self._call("POST", self._path(model, "lock", "renew"), body=body, headers=_lease(token)))
 
-    def release_lock(self, model: str, token: str, *, context: Context | None = None) -> None:
-        """Release the lock (no-op if nobody holds it; Conflict if another token holds it)."""
-        self._call("DELETE", self._path(model, "lock"), params={"token": token} | _query(context or {}))
+    def release_lock(self, model: str, *, context: Context, token: str = "") -> None:
+        """Release the lock as its holder (as ``renew_lock``); no-op if nobody holds it, Conflict if another does."""
+        self._call("DELETE", self._path(model, "lock"), params=_query(context), headers=_lease(token))
+
+
+def _lease(token: str) -> dict[str, str] | None:
+    """A lease token goes in a header, never in a URL."""
+    return {"X-Lease-Token": token} if token else None
 
 
 def _query(context: Context, **extra: str) -> dict[str, str]:
     """The lineage as query parameters, for DELETE requests (no body)."""
-    keys = ("actor", "interface", "dagId", "runId", "taskId")
+    keys = ("interface", "dagId", "runId", "taskId")
     return {k: str(context[k]) for k in keys if context.get(k)} | {k: v for k, v in extra.items() if v}
 
 

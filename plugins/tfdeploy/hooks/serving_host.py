@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import json
@@ -30,25 +31,40 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from airflow.sdk.bases.hook import BaseHook
 
 from tfdeploy.core.errors import (
     ChecksumMismatch,
+    DockerEngineUnavailable,
     ServerNotFound,
     ServerStartError,
     SharedDiskRequired,
     StagingConflict,
 )
-from tfdeploy.core.manifest import MANIFEST_NAME, build_manifest, fsync_dir, parse_manifest, verify_tree
+from tfdeploy.core.manifest import (
+    MANIFEST_NAME,
+    build_manifest,
+    check_links,
+    fsync_dir,
+    parse_manifest,
+    verify_tree,
+)
 from tfdeploy.core.models_config import ServedModel, parse_text, served_models, to_text
-from tfdeploy.core.names import check_version, parse_version_dir, validate_model_name
+from tfdeploy.core.names import (
+    SERVING_CONFIG_NAME,
+    SERVING_LOCK_NAME,
+    SERVING_MONITORING_NAME,
+    check_version,
+    parse_version_dir,
+    validate_model_name,
+)
 
 if TYPE_CHECKING:
     import docker
@@ -57,17 +73,45 @@ if TYPE_CHECKING:
     from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 CONTAINER_ROOT = "/models"
-CONFIG_NAME = "models.config"
-MONITORING_NAME = "monitoring.config"
+# The host's own files beside the model directories: named in core/names.py, whose model-name rule refuses them.
+CONFIG_NAME = SERVING_CONFIG_NAME
+MONITORING_NAME = SERVING_MONITORING_NAME
 # TF Serving's MonitoringConfig (text proto): its Prometheus page at the path the pipeline's gray release reads
 MONITORING_CONFIG = 'prometheus_config {\n  enable: true\n  path: "/monitoring/prometheus/metrics"\n}\n'
-LOCK_NAME = ".config.lock"
+LOCK_NAME = SERVING_LOCK_NAME
 GRPC_PORT = 8500  # inside the container, as in tensorflow/serving
 REST_PORT = 8501
 LABEL_MANAGED = "tfdeploy.serving.managed"
 LABEL_SPEC_HASH = "tfdeploy.serving.spec-hash"
 LABEL_MODEL_ROOT = "tfdeploy.serving.model-root"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def docker_call(
+    method: Callable[Concatenate[ServingHostHook, _P], _R],
+) -> Callable[Concatenate[ServingHostHook, _P], _R]:
+    """A method that talks to the Docker engine: an engine that refuses the connection or does not answer within
+    ``docker_timeout`` raises :class:`DockerEngineUnavailable` naming it (the original error is its cause)."""
+
+    @functools.wraps(method)
+    def call(self: ServingHostHook, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        import requests
+        from docker.errors import DockerException
+
+        try:
+            return method(self, *args, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise self._engine_unavailable(method.__name__, exc) from exc
+        except DockerException as exc:  # the client's first call (the API version) wraps the requests error
+            if isinstance(exc.__cause__, requests.ConnectionError | requests.Timeout):
+                raise self._engine_unavailable(method.__name__, exc.__cause__) from exc
+            raise
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -89,7 +133,8 @@ class ServingHostHook(BaseHook):
     :param base_url: overrides the Connection's Docker base URL.
     :param docker_conn_id: the Docker provider's Connection: a registry login, used only to pull an image
         missing from the engine.
-    :param docker_timeout: seconds for each Docker API call.
+    :param docker_timeout: seconds for each Docker API call; an engine that does not answer in time (or refuses
+        the connection) raises :class:`DockerEngineUnavailable` naming it.
     """
 
     conn_name_attr = "serving_host_conn_id"
@@ -169,6 +214,13 @@ class ServingHostHook(BaseHook):
     def get_conn(self) -> docker.DockerClient:
         return self.docker_client
 
+    def _engine_unavailable(self, doing: str, exc: BaseException) -> DockerEngineUnavailable:
+        return DockerEngineUnavailable(
+            f"the Docker engine at {self.base_url} did not answer ({doing.strip('_').replace('_', ' ')}, timeout "
+            f"{self.docker_timeout}s per call): {type(exc).__name__}: {exc}. Is it running and responsive "
+            "(`make status`, `docker info`)? Retry once it answers"
+        )
+
     def close(self) -> None:
         if "docker_client" in self.__dict__:
             self.__dict__.pop("docker_client").close()
@@ -221,7 +273,8 @@ class ServingHostHook(BaseHook):
 
         The copy goes to a non-numeric temp directory (which TF Serving ignores), is verified file by file
         (size and sha256) against the source's manifest (its ``tfdeploy_manifest.json`` when it has one,
-        else one built from the source), and only then renamed into place, so the server never sees a
+        else one built from the source), and only then renamed into place (a source whose symlinks lead out of
+        it is refused with :class:`PublishError` before anything is copied), so the server never sees a
         half-written or corrupt version; a mismatch raises :class:`ChecksumMismatch` naming the file and
         nothing is staged. A version already staged with the same content is a no-op; different content
         raises :class:`StagingConflict`. Returns the model's base path in the container (``/models/<model>``).
@@ -233,6 +286,7 @@ class ServingHostHook(BaseHook):
         src = Path(src_dir)
         if not src.is_dir():
             raise FileNotFoundError(f"cannot stage {src}: not a directory (expected a SavedModel version directory)")
+        check_links(src)  # the copy below follows links: none may lead out of the SavedModel
         manifest = _manifest_of(src)
         dest = self.version_dir(model, version)
         model_dir = dest.parent
@@ -349,6 +403,7 @@ class ServingHostHook(BaseHook):
 
     # ------------------------------------------------------------------ server container
 
+    @docker_call
     def ensure_server(
         self,
         *,
@@ -450,6 +505,7 @@ class ServingHostHook(BaseHook):
         tmp.write_text(MONITORING_CONFIG)
         os.replace(tmp, path)
 
+    @docker_call
     def stop_server(self, name: str, *, timeout: int = 30) -> None:
         """Stop and remove container ``name`` (no-op if there is none)."""
         from docker.errors import NotFound
@@ -463,6 +519,7 @@ class ServingHostHook(BaseHook):
             container.remove(force=True)
         self.log.info("stopped and removed server container %s", name)
 
+    @docker_call
     def server_logs(self, name: str, tail: int = 50) -> str:
         """The last ``tail`` lines of container ``name``'s output; raises :class:`ServerNotFound` if none."""
         container = self._find(name)
@@ -470,6 +527,7 @@ class ServingHostHook(BaseHook):
             raise ServerNotFound(f"no container named {name!r} on the Docker engine at {self.base_url}")
         return _logs(container, tail)
 
+    @docker_call
     def inspect_server(self, name: str) -> dict[str, Any]:
         """``docker inspect`` of container ``name`` (the engine's whole answer, environment values included: redact
         before it leaves the machine); raises :class:`ServerNotFound` if there is none."""

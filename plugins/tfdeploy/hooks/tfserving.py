@@ -184,8 +184,9 @@ class TFServingHook(BaseHook):
             response = self._reload_call(request, timeout=wait)
         except grpc.RpcError as exc:
             code, details = _rpc_code(exc), _rpc_details(exc)
+            verb = "did not answer" if code in ("DEADLINE_EXCEEDED", "UNAVAILABLE") else "refused"
             raise ServingReloadError(
-                f"TF Serving at {self.grpc_target} refused the config reload: {code}: {details}. "
+                f"TF Serving at {self.grpc_target} {verb} the config reload: {code}: {details}. "
                 + _reload_advice(code, wait),
                 code=code,
                 details=details,

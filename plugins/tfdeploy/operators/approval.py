@@ -19,6 +19,8 @@ from tfdeploy.core.errors import NotFound
 from tfdeploy.core.names import validate_model_name
 from tfdeploy.hooks.registry import RegistryHook
 from tfdeploy.lineage import run_context
+from tfdeploy.operators.base import LOCK_TASK_ID
+from tfdeploy.operators.lease import run_lease
 
 SUBJECT = "Release {{ params.model_name }} v{{ ti.xcom_pull(task_ids='export')['version'] }} to production?"
 BODY = """\
@@ -100,6 +102,12 @@ class ReleaseApprovalOperator(ApprovalOperator):
             if self.timeout_seconds <= 0:
                 raise ValueError(f"timeout_seconds must be positive, got {self.timeout_seconds}")
             self.response_timeout = timedelta(seconds=self.timeout_seconds)
+        lease = run_lease(context, LOCK_TASK_ID)
+        if lease:  # the lease outlasts the wait: nobody else may deploy while a person decides
+            waiting = self.response_timeout.total_seconds() if self.response_timeout else 0.0
+            self.registry.renew_lock(
+                model, ttl_seconds=min(86400.0, waiting + float(lease["lease_seconds"])), context=run_context(context)
+            )
         self.registry.record_serving_event(
             model,
             "approval",
@@ -127,7 +135,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
             version=version,
             reason=reason,
             details={"state": chosen.lower(), "by": who, "at": str(event.get("responded_at") or "")},
-            context=run_context(context) | ({"actor": who} if event.get("responded_by_user") else {}),
+            context=run_context(context),
         )
         self.log.info("%s v%s: %s", model, version, reason)
         return super().execute_complete(context, event)

@@ -17,10 +17,13 @@ from tfdeploy.core.names import validate_model_name
 from tfdeploy.hooks.registry import RegistryHook
 from tfdeploy.hooks.router import RouterHook
 from tfdeploy.lineage import run_context
+from tfdeploy.operators.lease import LeaseHeartbeat, run_lease
 from tfdeploy.services.serving_target import ConfigChange, ServingTargetService
 from tfdeploy.services.targets import get_target
 
+# Every step's execution_timeout unless it passes its own (each network call has its own, shorter, timeout too).
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+LOCK_TASK_ID = "acquire_lock"  # the DAGs' DeploymentLockSensor
 
 
 class DeployStep(BaseOperator):
@@ -29,10 +32,13 @@ class DeployStep(BaseOperator):
     :param model_name: the model (TF Serving model name); may be templated, checked again after rendering.
     :param registry_conn_id: Connection of the model registry (``RegistryHook``).
     :param export_task_id: the task whose result (XCom) names the version this run releases.
+    :param execution_timeout: (BaseOperator's) the longest one try may run; default ``DEFAULT_TIMEOUT`` (30 minutes),
+        so a step stuck on a server that never answers fails and its retry or the rollback takes over.
     """
 
     template_fields: tuple[str, ...] = ("model_name",)
     ui_color = "#e8f0fe"
+    renews_lease = True  # steps of a run that holds the deployment lease keep it alive while they run
 
     def __init__(
         self,
@@ -55,6 +61,28 @@ class DeployStep(BaseOperator):
     @cached_property
     def registry(self) -> RegistryHook:
         return RegistryHook(self.registry_conn_id)
+
+    def pre_execute(self, context: Any) -> None:
+        """Renew the run's deployment lease before the step and keep renewing it while the step runs."""
+        super().pre_execute(context)
+        lease = run_lease(context, LOCK_TASK_ID) if self.renews_lease else None
+        if lease:
+            model = self.checked_model_name()
+            heartbeat = LeaseHeartbeat(self.registry, model, self.lineage(context), float(lease["lease_seconds"]))
+            self.__dict__["_heartbeat"] = heartbeat.start()
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        heartbeat = self.__dict__.pop("_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stop()  # LeaseLost if the lease went while the step ran
+        super().post_execute(context, result)
+
+    def on_kill(self) -> None:
+        heartbeat = self.__dict__.pop("_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.lost = None
+            heartbeat.stop()
+        super().on_kill()
 
     def lineage(self, context: Any) -> dict[str, str]:
         """Who started this run and how (for the registry's history); looked up once per task."""

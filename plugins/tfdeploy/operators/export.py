@@ -5,11 +5,12 @@ It also decides, before anything changes, what this run is: the content's digest
 already holds it (if any), and the registry's state of that version says whether to release it, do
 nothing (already in production), or refuse (superseded, rejected, archived: with the reason).
 Same version and content again: a no-op. Same version, different content: an error (never overwritten).
-An Asset event tells other DAGs a model version was published."""
+An Asset event tells other DAGs a model version was published. Model code (loading a ``.keras`` file, the warmup
+records) runs only in the sandbox (``hooks/sandbox.py``)."""
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,29 +21,35 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
 from tfdeploy.core.errors import NotFound
-from tfdeploy.core.manifest import build_manifest, encode_manifest, manifest_sha256
+from tfdeploy.core.golden import load_golden
+from tfdeploy.core.manifest import build_manifest, check_links, encode_manifest, manifest_sha256
 from tfdeploy.core.states import ReleaseAction, plan_release
 from tfdeploy.hooks.model_store import ModelStoreHook
-from tfdeploy.operators.base import DeployStep, typed
+from tfdeploy.operators.base import typed
+from tfdeploy.operators.sandboxed import SandboxStep
+from tfdeploy.settings import get_settings
 
 MODEL_STORE = Asset("tfdeploy://model-store", extra={"what": "model versions published to HDFS"})
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 
 
-class ExportModelOperator(DeployStep):
+class ExportModelOperator(SandboxStep):
     """Publishes a trained model to the HDFS model store as an immutable version, and plans the release.
 
     :param source: a SavedModel directory, a ``.keras`` file, or ``webhdfs:///path`` of a SavedModel on HDFS.
     :param version: the version to publish as; None: the version that already holds this content, else the
         next free one.
-    :param golden_path: golden examples JSON; its first rows become TF Serving's warmup requests.
+    :param golden_path: golden examples JSON (under one of ``GOLDEN_ROOTS``); its first rows become TF Serving's
+        warmup requests.
     :param write_warmup: write ``assets.extra/tf_serving_warmup_requests`` (needs ``golden_path``).
     :param warmup_records: how many golden rows to replay at load.
     :param base_path: the model store's root on HDFS.
     :param webhdfs_conn_id: the HDFS provider's Connection.
+    :param kwargs: ``SandboxStep``'s (``sandbox_limits``, ``sandbox_image``, ``sandbox_conn_id``: a ``.keras``
+        source is exported, and warmup records written, only in the sandbox) and ``DeployStep``'s.
     """
 
-    template_fields = (*DeployStep.template_fields, "source", "version", "golden_path")
+    template_fields = (*SandboxStep.template_fields, "source", "version", "golden_path")
 
     def __init__(
         self,
@@ -78,8 +85,6 @@ class ExportModelOperator(DeployStep):
         store = ModelStoreHook(self.webhdfs_conn_id, base_path=self.base_path)
         with tempfile.TemporaryDirectory(prefix=f"export-{model}-") as tmp:
             local = self._saved_model(Path(tmp), store)
-            if self.write_warmup and self.golden_path:
-                self._warmup(local)
             manifest = build_manifest(local, max_workers=store.max_workers)
             digest = manifest_sha256(encode_manifest(manifest))
             if version is None:
@@ -124,51 +129,54 @@ class ExportModelOperator(DeployStep):
             return None
 
     def _saved_model(self, tmp: Path, store: ModelStoreHook) -> Path:
-        """A local SavedModel directory we may add files to (the source is never modified)."""
+        """A local SavedModel directory we may add files to (the source is never modified), with TF Serving's
+        warmup records when asked. A ``.keras`` file is loaded and exported only in the sandbox."""
         out = tmp / "saved_model"
         src = self.source
+        warmup = self._warmup_spec()
         if src.startswith(("webhdfs://", "hdfs://")):
             store.download_tree(urlsplit(src).path, tmp / "download")
             found = next((p.parent for p in (tmp / "download").rglob("saved_model.pb")), None)
             if found is None:
                 raise FileNotFoundError(f"no saved_model.pb under {src} on HDFS")
             shutil.copytree(found, out)
-            return out
-        path = Path(src)
-        if path.suffix == ".keras" and path.is_file():
-            import tensorflow as tf  # heavy: only inside the task
-
-            keras_model = tf.keras.models.load_model(path)
-            keras_model.export(str(out), format="tf_saved_model")  # signatures `serve` and `serving_default`
-            return out
-        if not (path / "saved_model.pb").is_file():
-            raise FileNotFoundError(
-                f"source {src} is neither a SavedModel directory (no saved_model.pb) nor a .keras file"
-            )
-        shutil.copytree(path, out)
+        else:
+            path = Path(src)
+            if path.suffix == ".keras" and path.is_file():
+                copy = tmp / "source.keras"  # the sandbox gets our own copy, read-only
+                shutil.copyfile(path, copy)
+                result, produced, run = self.sandbox.export(work_dir=tmp, keras_file=copy, warmup=warmup)
+                self.log.info("exported %s in the sandbox: %s", src, run.describe())
+                os.rename(produced / "saved_model", out)
+                self._place_warmup(result, produced, out)
+                return out
+            if not (path / "saved_model.pb").is_file():
+                raise FileNotFoundError(
+                    f"source {src} is neither a SavedModel directory (no saved_model.pb) nor a .keras file"
+                )
+            check_links(path)  # copytree follows links: none may lead out of the model directory
+            shutil.copytree(path, out)
+        if warmup is not None:
+            result, produced, run = self.sandbox.export(work_dir=tmp, saved_model=out, warmup=warmup)
+            self.log.info("warmup records written in the sandbox: %s", run.describe())
+            self._place_warmup(result, produced, out)
         return out
 
-    def _warmup(self, saved_model: Path) -> None:
-        """TF Serving replays assets.extra/tf_serving_warmup_requests at load: the first golden rows."""
-        import numpy as np
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    def _warmup_spec(self) -> dict[str, Any] | None:
+        """What the sandbox needs for TF Serving's warmup records: the first golden rows and their signature."""
+        if not (self.write_warmup and self.golden_path):
+            return None
+        golden = load_golden(str(self.golden_path), roots=get_settings().golden_roots)
+        return {"signature_name": golden.signature_name, "inputs": golden.first(self.warmup_records)}
 
-        golden = json.loads(Path(str(self.golden_path)).read_text())
-        signature = golden.get("signature_name", "serving_default")
-        loaded = tf.saved_model.load(str(saved_model))
-        if signature not in loaded.signatures:
-            self.log.warning("no %r signature: no warmup file written (validation will judge the model)", signature)
+    def _place_warmup(self, result: dict[str, Any], produced: Path, saved_model: Path) -> None:
+        """TF Serving replays assets.extra/tf_serving_warmup_requests at load: the file the sandbox wrote."""
+        warmup = result.get("warmup")
+        if not warmup:
             return
-        specs = loaded.signatures[signature].structured_input_signature[1]
+        if "skipped" in warmup:
+            self.log.warning("no warmup file written (validation will judge the model): %s", warmup["skipped"])
+            return
         (saved_model / WARMUP).parent.mkdir(parents=True, exist_ok=True)
-        with tf.io.TFRecordWriter(str(saved_model / WARMUP)) as writer:
-            for i in range(min(self.warmup_records, len(golden["labels"]))):
-                request = predict_pb2.PredictRequest()
-                request.model_spec.signature_name = signature
-                for name, spec in specs.items():
-                    rows = golden["inputs"][name] if isinstance(golden["inputs"], dict) else golden["inputs"]
-                    value = np.asarray(rows[i : i + 1], dtype=spec.dtype.as_numpy_dtype)
-                    request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-                log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-                writer.write(log.SerializeToString())
+        shutil.copyfile(produced / WARMUP.name, saved_model / WARMUP)
+        self.log.info("warmup file: %s records of %r", warmup.get("written"), warmup.get("signature_name"))

@@ -19,6 +19,8 @@ class ReleaseGateOperator(DeployStep):
     :param export_task_id: the task whose result names the version (``export``, or ``rollback_to``).
     """
 
+    renews_lease = False  # it only reads, and runs beside (or after) release_lock
+
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)

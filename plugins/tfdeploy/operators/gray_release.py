@@ -13,7 +13,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from tfdeploy.core.errors import RegistryError, RouterError
 from tfdeploy.core.release import ReleasePlan, Strategy
-from tfdeploy.operators.base import ServingStep, typed
+from tfdeploy.operators.base import LOCK_TASK_ID, ServingStep, typed
+from tfdeploy.operators.lease import run_lease
 from tfdeploy.services.release_metrics import ReleaseMetrics
 from tfdeploy.triggers.release import ReleaseStepTrigger
 
@@ -85,11 +86,17 @@ class GrayReleaseOperator(ServingStep):
                 deadline=time.time() + plan.step_seconds,
                 serving_target=self.serving_target,
                 registry_conn_id=self.registry_conn_id,
+                lease=self._lease(context),
             ),
             method_name="step_done",
             kwargs={"index": index, "stable": stable, "done": done},
         )
         raise AssertionError("unreachable: defer() raises")  # pragma: no cover
+
+    def _lease(self, context: Any) -> dict[str, Any] | None:
+        """The run's lease for the trigger to keep alive while the step bakes (None: the run holds none)."""
+        lease = run_lease(context, LOCK_TASK_ID)
+        return {"context": self.lineage(context), "seconds": float(lease["lease_seconds"])} if lease else None
 
     def step_done(
         self, context: Any, event: dict[str, Any], index: int, stable: int, done: list[dict]

@@ -1,39 +1,47 @@
 """Validate: the published copy (fetched back from HDFS, checksums checked) against signatures, golden
-examples and thresholds. The report goes to the registry; the version ends `validated` or `rejected`."""
+examples and thresholds. The model is loaded and run only in the sandbox (``hooks/sandbox.py``); the verdict is
+judged here. The report goes to the registry; the version ends `validated` or `rejected`."""
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from tfdeploy.core.errors import SandboxFailed
 from tfdeploy.core.golden import METRICS, judge, load_golden, metric_value
 from tfdeploy.core.states import ModelState
 from tfdeploy.hooks.model_store import ModelStoreHook
-from tfdeploy.operators.base import DeployStep, typed
+from tfdeploy.operators.base import typed
+from tfdeploy.operators.sandboxed import SandboxStep
+from tfdeploy.settings import get_settings
+
+LATENCY_RUNS = 50  # single-row calls timed in the sandbox after one warm call; their median is judged
 
 
-class ValidateModelOperator(DeployStep):
+class ValidateModelOperator(SandboxStep):
     """Judges the published copy of the version: signature, golden-example metric against an absolute threshold
     and against production, optional in-process latency budget. The version ends ``validated`` or
     ``rejected``; the report (with the golden predictions smoke inference compares with) goes to the registry.
 
-    :param golden_path: golden examples JSON (inputs, labels, signature_name).
+    :param golden_path: golden examples JSON (inputs, labels, signature_name), under one of ``GOLDEN_ROOTS``.
     :param signature_name: the signature to check and run.
     :param required_inputs: input name -> dtype the signature must have.
     :param required_outputs: output names the signature must have (the first is the one scored).
     :param metric: ``mae`` or ``accuracy``.
     :param threshold: maximum MAE / minimum accuracy; None: no absolute threshold.
     :param max_regression: allowed worsening of the metric against the production version; None: unchecked.
-    :param latency_budget_ms: maximum in-process p50 latency of one row; None: unchecked.
+    :param latency_budget_ms: maximum p50 latency of one row, run in the sandbox (its CPU limit applies);
+        None: unchecked.
     :param webhdfs_conn_id: the HDFS provider's Connection.
+    :param kwargs: ``SandboxStep``'s (``sandbox_limits``, ``sandbox_image``, ``sandbox_conn_id``) and
+        ``DeployStep``'s.
     """
 
     template_fields = (
-        *DeployStep.template_fields,
+        *SandboxStep.template_fields,
         "golden_path",
         "signature_name",
         "metric",
@@ -103,77 +111,79 @@ class ValidateModelOperator(DeployStep):
 
     def _validate(self, model: str, version: int, manifest_sha256: str) -> tuple[dict, dict, dict]:
         import numpy as np
-        import tensorflow as tf  # heavy: only inside the task
 
         checks: list[str] = []
         problems: list[str] = []
-        golden = load_golden(self.golden_path)
+        golden = load_golden(self.golden_path, roots=get_settings().golden_roots)
+        sig_name = self.signature_name or golden.signature_name
         with tempfile.TemporaryDirectory(prefix=f"validate-{model}-") as tmp:
             local = ModelStoreHook(self.webhdfs_conn_id).fetch(
-                model, version, tmp, expected_manifest_sha256=manifest_sha256 or None
+                model, version, Path(tmp) / "model", expected_manifest_sha256=manifest_sha256 or None
             )
             checks.append(
                 f"fetched v{version} from HDFS; its manifest is the one registered and every file matches its sha256"
             )
-            signatures = served_signatures(local)
-            checks.append(
-                f"served signatures (the SavedModel's signature_def, as TF Serving reads it): "
-                f"{', '.join(sorted(signatures))}"
+            # the model is loaded and run only in the sandbox: its signatures, golden outputs and latency come back
+            ran, run = self.sandbox.validate(
+                local,
+                signature_name=sig_name,
+                inputs=golden.inputs,
+                latency_runs=LATENCY_RUNS if self.latency_budget_ms is not None else 0,
+                work_dir=Path(tmp),
             )
-            available = sorted(signatures)
-            sig_name = self.signature_name or golden.signature_name
-            if sig_name not in signatures:
-                problems.append(f"required signature {sig_name!r} is missing (the model has: {', '.join(available)})")
-                return self._report(checks, problems, {}, [], None), {}, signatures
-            fn = tf.saved_model.load(str(local)).signatures[sig_name]
-            inputs = signatures[sig_name]["inputs"]
-            outputs = signatures[sig_name]["outputs"]
-            for name, dtype in (self.required_inputs or {}).items():
-                if inputs.get(name) != dtype:
-                    problems.append(f"signature {sig_name!r} input {name!r} is {inputs.get(name)}, expected {dtype}")
-            for name in self.required_outputs or []:
-                if name not in outputs:
-                    problems.append(f"signature {sig_name!r} has no output {name!r} (outputs: {', '.join(outputs)})")
-            if problems:
-                return self._report(checks, problems, {}, [], None), {}, signatures
-            checks.append(f"signature {sig_name!r}: inputs {inputs}, outputs {outputs}")
-            output_key = (self.required_outputs or sorted(outputs))[0]
-            feeds = {
-                name: tf.constant(np.asarray(golden.rows(name)), dtype=getattr(tf, dtype))
-                for name, dtype in inputs.items()
-            }
-            predictions = fn(**feeds)[output_key].numpy()
-            value = metric_value(self.metric, predictions, golden.labels)
-            metrics: dict[str, float] = {self.metric: value, "golden_examples": float(golden.count)}
-            baseline = self._production_metric(model)
-            problems += judge(
-                self.metric,
-                value,
-                threshold=self.threshold,
-                baseline=baseline,
-                max_regression=self.max_regression,
+        checks.append(f"model code ran in the sandbox only: {run.describe()}")
+        signatures: dict = ran["signatures"]
+        checks.append(
+            f"served signatures (the SavedModel's signature_def, as TF Serving reads it): "
+            f"{', '.join(sorted(signatures))}"
+        )
+        if sig_name not in signatures:
+            available = ", ".join(sorted(signatures))
+            problems.append(f"required signature {sig_name!r} is missing (the model has: {available})")
+            return self._report(checks, problems, {}, [], None), {}, signatures
+        inputs = signatures[sig_name]["inputs"]
+        outputs = signatures[sig_name]["outputs"]
+        for name, dtype in (self.required_inputs or {}).items():
+            if inputs.get(name) != dtype:
+                problems.append(f"signature {sig_name!r} input {name!r} is {inputs.get(name)}, expected {dtype}")
+        for name in self.required_outputs or []:
+            if name not in outputs:
+                problems.append(f"signature {sig_name!r} has no output {name!r} (outputs: {', '.join(outputs)})")
+        if problems:
+            return self._report(checks, problems, {}, [], None), {}, signatures
+        if ran.get("error") or not isinstance(ran.get("outputs"), dict):
+            raise SandboxFailed(
+                f"golden inference of {model} v{version} failed in the sandbox: {ran.get('error') or 'no outputs'}"
             )
-            checks.append(
-                f"{self.metric} on {golden.count} golden examples: {value:.6g}"
-                + (f" (production: {baseline:.6g})" if baseline is not None else " (no production version yet)")
-            )
-            if self.latency_budget_ms is not None:
-                one = {name: t[:1] for name, t in feeds.items()}
-                fn(**one)
-                samples = []
-                for _ in range(50):
-                    t0 = time.perf_counter()
-                    fn(**one)
-                    samples.append((time.perf_counter() - t0) * 1e3)
-                p50 = statistics.median(samples)
-                metrics["latency_p50_ms"] = p50
-                budget = float(self.latency_budget_ms)
-                if p50 > budget:
-                    problems.append(f"in-process latency p50 {p50:.2f} ms is over the budget of {budget:.2f} ms")
-                checks.append(f"in-process latency p50 {p50:.2f} ms (budget {budget:.2f} ms)")
-            report = self._report(checks, problems, golden.inputs, predictions.tolist(), output_key)
-            report["signatureName"] = sig_name
-            return report, metrics, signatures
+        checks.append(f"signature {sig_name!r}: inputs {inputs}, outputs {outputs}")
+        output_key = (self.required_outputs or sorted(outputs))[0]
+        predictions = np.asarray(ran["outputs"][output_key])
+        value = metric_value(self.metric, predictions, golden.labels)
+        metrics: dict[str, float] = {self.metric: value, "golden_examples": float(golden.count)}
+        baseline = self._production_metric(model)
+        problems += judge(
+            self.metric,
+            value,
+            threshold=self.threshold,
+            baseline=baseline,
+            max_regression=self.max_regression,
+        )
+        checks.append(
+            f"{self.metric} on {golden.count} golden examples: {value:.6g}"
+            + (f" (production: {baseline:.6g})" if baseline is not None else " (no production version yet)")
+        )
+        if self.latency_budget_ms is not None:
+            if not isinstance(ran.get("latency_p50_ms"), int | float):
+                raise SandboxFailed(f"the sandbox measured no latency for {model} v{version}: {ran.get('error')}")
+            p50 = float(ran["latency_p50_ms"])
+            metrics["latency_p50_ms"] = p50
+            budget = float(self.latency_budget_ms)
+            if p50 > budget:
+                problems.append(f"in-process latency p50 {p50:.2f} ms is over the budget of {budget:.2f} ms")
+            checks.append(f"in-process latency p50 {p50:.2f} ms in the sandbox (budget {budget:.2f} ms)")
+        report = self._report(checks, problems, golden.inputs, predictions.tolist(), output_key)
+        report["signatureName"] = sig_name
+        return report, metrics, signatures
 
     @staticmethod
     def _report(checks: list[str], problems: list[str], inputs: Any, predictions: list, output_key: str | None) -> dict:
@@ -192,24 +202,3 @@ class ValidateModelOperator(DeployStep):
             return None
         value = self.registry.get_version(model, production).metrics.get(self.metric)
         return None if value is None else float(value)
-
-
-def served_signatures(saved_model_dir: Any) -> dict[str, dict[str, dict[str, str]]]:
-    """Signatures of the `serve` MetaGraph as TF Serving sees them: {name: {inputs, outputs: {alias: dtype}}}."""
-    from pathlib import Path
-
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = saved_model_pb2.SavedModel.FromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
-    meta = next((m for m in pb.meta_graphs if "serve" in m.meta_info_def.tags), None)
-    if meta is None:
-        return {}
-    return {
-        name: {
-            "inputs": {k: tf.as_dtype(v.dtype).name for k, v in sig.inputs.items()},
-            "outputs": {k: tf.as_dtype(v.dtype).name for k, v in sig.outputs.items()},
-        }
-        for name, sig in meta.signature_def.items()
-        if not name.startswith("__")
-    }

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as FPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
@@ -25,17 +26,34 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tfdeploy.core.errors import RegistryError, RegistryUnavailable, RollbackNotStarted
+from tfdeploy.core.errors import InvalidRequest, RegistryError, RegistryUnavailable, RollbackNotStarted
 from tfdeploy.core.redaction import Redactor
 
-from .auth import Principal, require_read, require_write
+from .auth import (
+    COOKIE,
+    CSRF_HEADER,
+    DEPLOY_DAG,
+    ROLLBACK_DAG,
+    Authorizer,
+    Principal,
+    csrf_token,
+    require_read,
+    require_write,
+)
 from .config import RegistryConfig
 from .metrics import exposition
 from .service import HEALTH, Actor, RegistryService, RollbackStarter, RollbackStarterTo
 
 WEB = Path(__file__).parent / "web"
 RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503 (database unreachable)
+# Input limits: longer strings get a 422 naming the field and the limit (never a database error)
+MAX_NAME = 128  # a model name, a serving target (the database's columns)
+MAX_TEXT = 4000  # a reason, a description
+MAX_URI = 2048  # an HDFS URI, a source path
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a request body (validation reports carry golden predictions): else 413
+LEASE_HEADER = "X-Lease-Token"  # a lease's token travels in this header, never in a URL
 log = logging.getLogger(__name__)
 
 
@@ -44,30 +62,31 @@ class _Body(BaseModel):
 
 
 class Context(_Body):
-    """Who is acting and through which interface; the authenticated principal is recorded beside it."""
+    """Through which interface and, for the pipeline's service token, for which Airflow run and task. Who acted is
+    never taken from the request: it is the authenticated user, or the run's triggering user (looked up in Airflow)
+    for the service token."""
 
-    actor: str | None = Field(None, description="user on whose behalf (e.g. the run's triggering user)")
-    interface: str = Field("rest_api", description="schedule, ui, rest_api, cli, asset, backfill, pipeline")
-    dag_id: str = ""
-    run_id: str = ""
-    task_id: str = ""
+    interface: str = Field("rest_api", max_length=32, description="ui, rest_api or cli (the pipeline: pipeline)")
+    dag_id: str = Field("", max_length=250)
+    run_id: str = Field("", max_length=250)
+    task_id: str = Field("", max_length=250)
 
 
 class ModelIn(_Body):
-    name: str
-    description: str = ""
+    name: str = Field(max_length=MAX_NAME)
+    description: str = Field("", max_length=MAX_TEXT)
     context: Context = Context()
 
 
 class VersionIn(_Body):
     version: int | None = Field(None, ge=0, description="omit for the next free integer")
-    hdfs_uri: str = ""
-    manifest_sha256: str = ""
-    source: str = ""
+    hdfs_uri: str = Field("", max_length=MAX_URI)
+    manifest_sha256: str = Field("", max_length=64)
+    source: str = Field("", max_length=MAX_URI)
     signatures: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     validation_report: dict[str, Any] = {}
-    reason: str = ""
+    reason: str = Field("", max_length=MAX_TEXT)
     context: Context = Context()
 
 
@@ -79,31 +98,35 @@ class ReportIn(_Body):
 
 
 class TransitionIn(_Body):
-    to_state: str
-    reason: str = ""
-    expected_state: str | None = Field(None, description="refuse with 409 unless the version is in this state")
+    to_state: str = Field(max_length=32)
+    reason: str = Field("", max_length=MAX_TEXT)
+    expected_state: str | None = Field(
+        None, max_length=32, description="refuse with 409 unless the version is in this state"
+    )
     details: dict[str, Any] = {}
     context: Context = Context()
 
 
 class DeploymentIn(_Body):
     version: int = Field(ge=0)
-    reason: str = ""
+    reason: str = Field("", max_length=MAX_TEXT)
     context: Context = Context()
 
 
 class HealthIn(_Body):
     version: int = Field(ge=0)
-    target: str
-    status: str
+    target: str = Field(max_length=128)
+    status: str = Field(max_length=32)
     details: dict[str, Any] = {}
     context: Context = Context()
 
 
 class ServingEventIn(_Body):
-    kind: str = Field(description="serving (which replicas of which pool serve what) or router (a routing change)")
+    kind: str = Field(
+        max_length=32, description="serving (which replicas of which pool serve what) or router (a routing change)"
+    )
     version: int | None = Field(None, ge=0)
-    reason: str = ""
+    reason: str = Field("", max_length=MAX_TEXT)
     details: dict[str, Any] = {}
     context: Context = Context()
 
@@ -112,7 +135,7 @@ class TrafficIn(_Body):
     stable_version: int | None = Field(ge=0, description="the version in the stable pool (null: none)")
     canary_version: int | None = Field(ge=0, description="the release's candidate (null: no release in progress)")
     canary_weight: int = Field(0, ge=0, le=100, description="percent of calls sent to the canary")
-    reason: str = ""
+    reason: str = Field("", max_length=MAX_TEXT)
     context: Context = Context()
 
 
@@ -120,13 +143,13 @@ class ReleaseControlIn(_Body):
     action: Literal["pause", "resume", "promote", "abort"] = Field(
         description="pause / resume the weight changes; promote now / abort: asks the pipeline (last one wins)"
     )
-    reason: str = Field(min_length=1, description="why (required)")
+    reason: str = Field(min_length=1, max_length=MAX_TEXT, description="why (required)")
     context: Context = Context()
 
 
 class RateLimitIn(_Body):
     rps: float | None = Field(gt=0, allow_inf_nan=False, description="requests per second (null: no limit)")
-    reason: str = ""
+    reason: str = Field("", max_length=MAX_TEXT)
     context: Context = Context()
 
 
@@ -135,18 +158,18 @@ class SettingsIn(_Body):
         None, description="start model_rollback when the production version fails (a critical alert, a check)"
     )
     require_approval: bool | None = Field(None, description="a release waits for a person's approval before traffic")
-    reason: str = Field(min_length=1, description="why (required)")
+    reason: str = Field(min_length=1, max_length=MAX_TEXT, description="why (required)")
     context: Context = Context()
 
 
 class FreezeIn(_Body):
-    reason: str = Field(min_length=1, description="why no new release may start (required)")
+    reason: str = Field(min_length=1, max_length=MAX_TEXT, description="why no new release may start (required)")
     context: Context = Context()
 
 
 class RollbackIn(_Body):
     version: int = Field(ge=0, description="the earlier (superseded) version to serve again")
-    reason: str = Field(min_length=3, description="why (required; recorded by model_rollback too)")
+    reason: str = Field(min_length=3, max_length=MAX_TEXT, description="why (required; recorded by model_rollback too)")
     context: Context = Context()
 
 
@@ -175,15 +198,15 @@ class AlertmanagerPayload(BaseModel):
 
 
 class LockIn(_Body):
-    holder: str
-    run_id: str = ""
+    holder: str = Field(max_length=256)
+    run_id: str = Field("", max_length=250)
     ttl_seconds: float = 900
     context: Context = Context()
 
 
 class RenewIn(_Body):
-    token: str
     ttl_seconds: float = 900
+    context: Context = Context()
 
 
 class ContextQuery:
@@ -191,13 +214,17 @@ class ContextQuery:
 
     def __init__(
         self,
-        actor: str | None = None,
-        interface: str = "rest_api",
-        dag_id: Annotated[str, Query(alias="dagId")] = "",
-        run_id: Annotated[str, Query(alias="runId")] = "",
-        task_id: Annotated[str, Query(alias="taskId")] = "",
+        interface: Annotated[str, Query(max_length=32)] = "rest_api",
+        dag_id: Annotated[str, Query(alias="dagId", max_length=250)] = "",
+        run_id: Annotated[str, Query(alias="runId", max_length=250)] = "",
+        task_id: Annotated[str, Query(alias="taskId", max_length=250)] = "",
     ) -> None:
-        self.context = Context(actor=actor, interface=interface, dag_id=dag_id, run_id=run_id, task_id=task_id)
+        self.context = Context(interface=interface, dag_id=dag_id, run_id=run_id, task_id=task_id)
+
+
+Name = Annotated[str, FPath(max_length=MAX_NAME, description="the model (TF Serving model name)")]
+Target = Annotated[str, FPath(max_length=128, description="a serving target")]
+Label = Annotated[str, FPath(max_length=64, description="a version label")]
 
 
 class HistoryQuery:
@@ -281,27 +308,82 @@ def _is_unreachable(exc: DBAPIError) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError)) or bool(exc.connection_invalidated)
 
 
-def _actor(ctx: Context, principal: Principal) -> Actor:
-    return Actor(
-        actor=ctx.actor or principal.name,
-        principal=principal.name,
-        interface=ctx.interface,
-        dag_id=ctx.dag_id,
-        run_id=ctx.run_id,
-        task_id=ctx.task_id,
-    )
+# (DAG id, run id) -> {"user": the run's triggering user, "interface": how it was started} or None if there is no
+# such run. Given by the Airflow plugin; without it the service token's writes are recorded as the service's.
+RunLookup = Callable[[str, str], "dict[str, str] | None"]
+USER_INTERFACES = ("ui", "rest_api", "cli")  # what a person's write may say it came through
 
 
-def _principal_actor(ctx: Context, principal: Principal) -> Actor:
-    """As `_actor`, but who acted is always the authenticated principal, never a name from the body."""
-    return Actor(
-        actor=principal.name,
-        principal=principal.name,
-        interface=ctx.interface,
-        dag_id=ctx.dag_id,
-        run_id=ctx.run_id,
-        task_id=ctx.task_id,
-    )
+def _actor_for(ctx: Context, who: Principal, run_lookup: RunLookup | None) -> Actor:
+    """Who acted, from the authenticated identity and the Airflow run, never from a name in the request.
+
+    The service token acts for a run: the run must exist in Airflow, and its triggering user (or the scheduler)
+    is the actor. A person is the actor; the run fields they send are not recorded (they could name any run)."""
+    if who.kind == "service":
+        if not ctx.run_id or run_lookup is None:
+            return Actor(
+                actor=who.name,
+                principal=who.name,
+                interface=ctx.interface,
+                dag_id=ctx.dag_id,
+                run_id=ctx.run_id,
+                task_id=ctx.task_id,
+            )
+        run = run_lookup(ctx.dag_id, ctx.run_id)
+        if run is None:
+            raise InvalidRequest(
+                f"run {ctx.run_id!r} of DAG {ctx.dag_id!r} does not exist in Airflow: the service token records "
+                "changes only for the pipeline's own runs"
+            )
+        return Actor(
+            actor=run["user"],
+            principal=who.name,
+            interface=run["interface"],
+            dag_id=ctx.dag_id,
+            run_id=ctx.run_id,
+            task_id=ctx.task_id,
+        )
+    interface = ctx.interface if ctx.interface in USER_INTERFACES else "rest_api"
+    return Actor(actor=who.name, principal=who.name, interface=interface)
+
+
+class _BodyTooLarge(HTTPException):
+    """A request body over MAX_BODY_BYTES. An HTTPException: FastAPI passes it through when reading the body."""
+
+    def __init__(self, size: str) -> None:
+        super().__init__(413, f"request body {size} is over the limit of {MAX_BODY_BYTES} bytes: send less")
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": "InvalidRequest", "message": self.detail}, status_code=413)
+
+
+class _BodyLimit:
+    """ASGI middleware: a body over MAX_BODY_BYTES gets a 413, by its Content-Length before it is read, or, a
+    chunked body declaring none, as soon as the bytes received pass the limit (never buffered whole)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await _BodyTooLarge(f"of {int(length)} bytes").response()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise _BodyTooLarge("sent without a Content-Length")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 class _SinkFailed(Exception):
@@ -416,6 +498,8 @@ def create_app(
     performance_source: PerformanceSource | None = None,
     logs_source: LogsSource | None = None,
     webhdfs_url: str | None = None,
+    run_lookup: RunLookup | None = None,
+    authorize: Authorizer | None = None,
 ) -> FastAPI:
     """The registry app. ``rate_limit_sink(model, rps)`` (optional) applies a model's new rate limit (None: no
     limit) to the router; it is called inside the request, before the commit: if it raises, nothing is stored
@@ -436,7 +520,11 @@ def create_app(
     plugin asks Prometheus); it raises when it cannot: ``GET .../performance`` then answers 200 with
     ``available: false`` and the reason. ``logs_source(model, lines)`` (optional) gives the recent log lines of
     every serving replica, ``{container: [line, ...]}``, already redacted (the API redacts them once more).
-    ``webhdfs_url`` (optional): WebHDFS' base URL, for the diagnosis bundles' download links."""
+    ``webhdfs_url`` (optional): WebHDFS' base URL, for the diagnosis bundles' download links.
+
+    ``run_lookup(dag_id, run_id)`` (optional) says who triggered an Airflow run and how (None: no such run): what
+    the service token records names that user. ``authorize(user, dag_id)`` (optional; default: Airflow's auth
+    manager) decides whether an Airflow user may make writes that belong to that DAG (auth.py)."""
     config = config or RegistryConfig.from_env()
     redact = Redactor(_known_secrets(config)).redact_text
     state = _State(config)
@@ -445,8 +533,20 @@ def create_app(
         title="tfdeploy model registry",
         version="1",
         description="Versions, states, lineage, deployments, health, locks and history of TensorFlow models.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served below, behind the reads' policy
     )
     app.state.registry = state
+
+    def _actor(ctx: Context, who: Principal) -> Actor:
+        return _actor_for(ctx, who, run_lookup)
+
+    app.add_middleware(_BodyLimit)
+
+    @app.exception_handler(_BodyTooLarge)
+    async def _body_too_large(_request: Request, exc: _BodyTooLarge) -> JSONResponse:
+        return exc.response()
 
     @app.exception_handler(RegistryError)
     async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
@@ -477,7 +577,8 @@ def create_app(
 
     Svc = Annotated[RegistryService, Depends(svc)]
     Reader = Annotated[Principal, Depends(require_read(config))]
-    Writer = Annotated[Principal, Depends(require_write(config))]
+    Writer = Annotated[Principal, Depends(require_write(config, DEPLOY_DAG, authorize))]
+    RollbackWriter = Annotated[Principal, Depends(require_write(config, ROLLBACK_DAG, authorize))]
     v1 = APIRouter(prefix="/v1")
 
     @v1.get("/models", summary="Models with the version in production, the canary and health")
@@ -496,12 +597,12 @@ def create_app(
         return service.create_model(body.name, _actor(body.context, who), body.description)
 
     @v1.get("/models/{name}", summary="Model detail: production, canary, deployments, lock")
-    def get_model(name: str, service: Svc, _: Reader) -> dict:
+    def get_model(name: Name, service: Svc, _: Reader) -> dict:
         return service.get_model(name)
 
     @v1.get("/models/{name}/versions", summary="Versions, newest first, filtered by state")
     def list_versions(
-        name: str,
+        name: Name,
         service: Svc,
         _: Reader,
         state: str | None = None,
@@ -511,7 +612,7 @@ def create_app(
         return service.list_versions(name, state=state, limit=limit, offset=offset)
 
     @v1.post("/models/{name}/versions", summary="Register a version (same content again: no-op)")
-    def register_version(name: str, body: VersionIn, service: Svc, who: Writer) -> JSONResponse:
+    def register_version(name: Name, body: VersionIn, service: Svc, who: Writer) -> JSONResponse:
         out, created = service.register_version(
             name,
             _actor(body.context, who),
@@ -527,11 +628,11 @@ def create_app(
         return JSONResponse(out, status_code=201 if created else 200)
 
     @v1.get("/models/{name}/versions/{version}", summary="Version detail with its validation report")
-    def get_version(name: str, version: int, service: Svc, _: Reader) -> dict:
+    def get_version(name: Name, version: int, service: Svc, _: Reader) -> dict:
         return service.get_version(name, version)
 
     @v1.patch("/models/{name}/versions/{version}/report", summary="Attach metrics and validation report")
-    def update_report(name: str, version: int, body: ReportIn, service: Svc, who: Writer) -> dict:
+    def update_report(name: Name, version: int, body: ReportIn, service: Svc, who: Writer) -> dict:
         return service.update_report(
             name,
             version,
@@ -542,7 +643,7 @@ def create_app(
         )
 
     @v1.post("/models/{name}/versions/{version}/transitions", summary="Change a version's state")
-    def transition(name: str, version: int, body: TransitionIn, service: Svc, who: Writer) -> dict:
+    def transition(name: Name, version: int, body: TransitionIn, service: Svc, who: Writer) -> dict:
         return service.transition(
             name,
             version,
@@ -554,7 +655,7 @@ def create_app(
         )
 
     @v1.get("/models/{name}/history", summary="A model's history, newest first")
-    def model_history(name: str, service: Svc, _: Reader, q: Annotated[HistoryQuery, Depends()]) -> dict:
+    def model_history(name: Name, service: Svc, _: Reader, q: Annotated[HistoryQuery, Depends()]) -> dict:
         return service.history(model=name, **q.filters())
 
     @v1.get("/history", summary="History across models, filtered by model, time range and actor")
@@ -562,12 +663,12 @@ def create_app(
         return service.history(model=model, **q.filters())
 
     @v1.get("/models/{name}/production", summary="Which version was in production at a time, and who put it there")
-    def production_at(name: str, at: str, service: Svc, _: Reader) -> dict:
+    def production_at(name: Name, at: str, service: Svc, _: Reader) -> dict:
         return service.production_at(name, at)
 
     @v1.get("/models/{name}/health", summary="Latest health records; status: the production version's health")
     def get_health(
-        name: str,
+        name: Name,
         service: Svc,
         _: Reader,
         version: Annotated[int | None, Query(ge=0, description="only this version's records")] = None,
@@ -576,26 +677,26 @@ def create_app(
         return service.health(name, version=version, limit=limit)
 
     @v1.post("/models/{name}/health", status_code=201, summary="Record a health check result")
-    def record_health(name: str, body: HealthIn, service: Svc, who: Writer) -> dict:
+    def record_health(name: Name, body: HealthIn, service: Svc, who: Writer) -> dict:
         return service.record_health(
             name, body.version, body.target, body.status, _actor(body.context, who), body.details
         )
 
     @v1.post("/models/{name}/events", status_code=201, summary="Record a serving or router change in the history")
-    def record_serving_event(name: str, body: ServingEventIn, service: Svc, who: Writer) -> dict:
+    def record_serving_event(name: Name, body: ServingEventIn, service: Svc, who: Writer) -> dict:
         return service.record_serving_event(
             name, body.kind, _actor(body.context, who), version=body.version, reason=body.reason, details=body.details
         )
 
     @v1.put("/models/{name}/deployments/{target}/{label}", summary="Point a label on a serving target at a version")
-    def set_deployment(name: str, target: str, label: str, body: DeploymentIn, service: Svc, who: Writer) -> dict:
+    def set_deployment(name: Name, target: Target, label: Label, body: DeploymentIn, service: Svc, who: Writer) -> dict:
         return service.set_deployment(name, target, label, body.version, _actor(body.context, who), body.reason)
 
     @v1.delete("/models/{name}/deployments/{target}/{label}", status_code=204, summary="Remove a label")
     def clear_deployment(
-        name: str,
-        target: str,
-        label: str,
+        name: Name,
+        target: Target,
+        label: Label,
         service: Svc,
         who: Writer,
         q: Annotated[ContextQuery, Depends()],
@@ -604,11 +705,11 @@ def create_app(
         service.clear_deployment(name, target, label, _actor(q.context, who), reason)
 
     @v1.get("/models/{name}/traffic", summary="The traffic split: stable and canary versions and weights, controls")
-    def get_traffic(name: str, service: Svc, _: Reader) -> dict:
+    def get_traffic(name: Name, service: Svc, _: Reader) -> dict:
         return service.traffic(name)
 
     @v1.put("/models/{name}/traffic", summary="Set the traffic split of a gray release")
-    def set_traffic(name: str, body: TrafficIn, service: Svc, who: Writer) -> dict:
+    def set_traffic(name: Name, body: TrafficIn, service: Svc, who: Writer) -> dict:
         return service.set_traffic(
             name,
             _actor(body.context, who),
@@ -619,12 +720,12 @@ def create_app(
         )
 
     @v1.post("/models/{name}/release", summary="Pause, resume, promote now or abort the release in progress")
-    def release_control(name: str, body: ReleaseControlIn, service: Svc, who: Writer) -> dict:
-        return service.release_control(name, body.action, _principal_actor(body.context, who), reason=body.reason)
+    def release_control(name: Name, body: ReleaseControlIn, service: Svc, who: Writer) -> dict:
+        return service.release_control(name, body.action, _actor(body.context, who), reason=body.reason)
 
     @v1.delete("/models/{name}/release/pending", status_code=204, summary="Clear the pending promote/abort")
     def clear_pending_action(
-        name: str,
+        name: Name,
         service: Svc,
         who: Writer,
         q: Annotated[ContextQuery, Depends()],
@@ -636,7 +737,7 @@ def create_app(
         service.clear_pending_action(name, _actor(q.context, who), expected=expected)
 
     @v1.put("/models/{name}/rate-limit", summary="Set the model's rate limit (requests per second; null: none)")
-    def set_rate_limit(name: str, body: RateLimitIn, service: Svc, who: Writer) -> JSONResponse:
+    def set_rate_limit(name: Name, body: RateLimitIn, service: Svc, who: Writer) -> JSONResponse:
         def apply(model: str, rps: float | None) -> None:
             assert rate_limit_sink is not None
             try:
@@ -667,39 +768,39 @@ def create_app(
         return JSONResponse(out)
 
     @v1.get("/models/{name}/settings", summary="Operations settings: auto-rollback, approval, freeze")
-    def get_settings(name: str, service: Svc, _: Reader) -> dict:
+    def get_settings(name: Name, service: Svc, _: Reader) -> dict:
         return service.settings(name)
 
     @v1.patch("/models/{name}/settings", summary="Change auto-rollback on failing and/or require approval")
-    def set_settings(name: str, body: SettingsIn, service: Svc, who: Writer) -> dict:
+    def set_settings(name: Name, body: SettingsIn, service: Svc, who: Writer) -> dict:
         return service.set_settings(
             name,
-            _principal_actor(body.context, who),
+            _actor(body.context, who),
             auto_rollback_on_failing=body.auto_rollback_on_failing,
             require_approval=body.require_approval,
             reason=body.reason,
         )
 
     @v1.post("/models/{name}/freeze", summary="Freeze the model: no new release starts until it is unfrozen")
-    def freeze(name: str, body: FreezeIn, service: Svc, who: Writer) -> dict:
-        return service.freeze(name, _principal_actor(body.context, who), reason=body.reason)
+    def freeze(name: Name, body: FreezeIn, service: Svc, who: Writer) -> dict:
+        return service.freeze(name, _actor(body.context, who), reason=body.reason)
 
     @v1.delete("/models/{name}/freeze", summary="Lift the freeze")
     def unfreeze(
-        name: str,
+        name: Name,
         service: Svc,
         who: Writer,
         q: Annotated[ContextQuery, Depends()],
         reason: Annotated[str, Query(min_length=1, description="why (required)")],
     ) -> dict:
-        return service.unfreeze(name, _principal_actor(q.context, who), reason=reason)
+        return service.unfreeze(name, _actor(q.context, who), reason=reason)
 
     @v1.post(
         "/models/{name}/rollback", status_code=202, summary="Start model_rollback to an earlier (superseded) version"
     )
-    def rollback(name: str, body: RollbackIn, service: Svc, who: Writer) -> dict:
+    def rollback(name: Name, body: RollbackIn, service: Svc, who: RollbackWriter) -> dict:
         return service.start_rollback(
-            name, body.version, _principal_actor(body.context, who), reason=body.reason, starter=rollback_starter_to
+            name, body.version, _actor(body.context, who), reason=body.reason, starter=rollback_starter_to
         )
 
     @v1.post("/alerts", summary="Alertmanager's webhook: record alerts; a critical one may start an auto-rollback")
@@ -745,7 +846,7 @@ def create_app(
 
     @v1.get("/models/{name}/alerts", summary="A model's alerts, open (firing) ones first")
     def model_alerts(
-        name: str,
+        name: Name,
         service: Svc,
         _: Reader,
         status: Literal["firing", "resolved"] | None = None,
@@ -758,7 +859,7 @@ def create_app(
         "/models/{name}/performance",
         summary="Live performance per pool (last 5 minutes): request rate, error rate, p50 and p99 latency",
     )
-    def performance(name: str, service: Svc, _: Reader) -> JSONResponse:
+    def performance(name: Name, service: Svc, _: Reader) -> JSONResponse:
         service.require_model(name)
         return JSONResponse(_performance(name, performance_source, redact))
 
@@ -767,7 +868,7 @@ def create_app(
         summary="The serving replicas' recent log lines, redacted (needs write access: logs may hold data)",
     )
     def replica_logs(
-        name: str,
+        name: Name,
         service: Svc,
         _: Writer,
         lines: Annotated[int, Query(ge=1, le=MAX_LOG_LINES, description="at most this many per container")] = 50,
@@ -777,7 +878,7 @@ def create_app(
 
     @v1.get("/models/{name}/diagnostics", summary="The model's diagnosis bundles, newest first, with download links")
     def diagnostics(
-        name: str,
+        name: Name,
         service: Svc,
         _: Reader,
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
@@ -788,18 +889,35 @@ def create_app(
             bundle["downloadUrl"] = _webhdfs_open(webhdfs_url, bundle["path"])
         return out
 
-    @v1.post("/models/{name}/lock", summary="Acquire the model's deployment lock (a lease)")
-    def acquire_lock(name: str, body: LockIn, service: Svc, who: Writer) -> dict:
+    @v1.post("/models/{name}/lock", summary="Acquire the model's deployment lock (a lease; its token only here)")
+    def acquire_lock(name: Name, body: LockIn, service: Svc, who: Writer) -> dict:
         return service.acquire_lock(
             name, body.holder, _actor(body.context, who), ttl_seconds=body.ttl_seconds, run_id=body.run_id
         )
 
-    @v1.post("/models/{name}/lock/renew", summary="Extend the lease")
-    def renew_lock(name: str, body: RenewIn, service: Svc, _: Writer) -> dict:
-        return service.renew_lock(name, body.token, ttl_seconds=body.ttl_seconds)
+    @v1.post("/models/{name}/lock/renew", summary="Extend the lease (its holder: the token, or the same run)")
+    def renew_lock(
+        name: Name,
+        body: RenewIn,
+        service: Svc,
+        who: Writer,
+        token: Annotated[str, Header(alias=LEASE_HEADER, max_length=128)] = "",
+    ) -> dict:
+        return service.renew_lock(name, token, _actor(body.context, who), ttl_seconds=body.ttl_seconds)
 
-    @v1.delete("/models/{name}/lock", status_code=204, summary="Release the lock")
-    def release_lock(name: str, token: str, service: Svc, who: Writer, q: Annotated[ContextQuery, Depends()]) -> None:
+    @v1.delete("/models/{name}/lock", status_code=204, summary="Release the lock (its holder: the token, or the run)")
+    def release_lock(
+        name: Name,
+        request: Request,
+        service: Svc,
+        who: Writer,
+        q: Annotated[ContextQuery, Depends()],
+        token: Annotated[str, Header(alias=LEASE_HEADER, max_length=128)] = "",
+    ) -> None:
+        if "token" in request.query_params:
+            raise InvalidRequest(
+                f"a lease token never goes in a URL (logs keep URLs): send it as the {LEASE_HEADER} header"
+            )
         service.release_lock(name, token, _actor(q.context, who))
 
     app.include_router(v1)
@@ -824,7 +942,25 @@ def create_app(
         return FileResponse(WEB / "index.html", media_type="text/html")
 
     @app.get("/config.json", include_in_schema=False)
-    def page_config() -> dict:
-        return {"airflowUrl": config.airflow_url}
+    def page_config(request: Request) -> dict:
+        """The page's settings; with the UI's cookie, the CSRF token its writes send (same-origin pages only can
+        read this answer: the registry sends no CORS headers)."""
+        cookie = request.cookies.get(COOKIE, "")
+        return {
+            "airflowUrl": config.airflow_url,
+            "csrfHeader": CSRF_HEADER,
+            "csrfToken": csrf_token(config, cookie) if cookie else "",
+        }
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_read(config))])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_read(config))])
+    def docs(request: Request) -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="tfdeploy model registry")
 
     return app

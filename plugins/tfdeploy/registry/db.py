@@ -133,7 +133,8 @@ class DeploymentLock(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
     holder: Mapped[str] = mapped_column(String(256))
     run_id: Mapped[str] = mapped_column(String(250), default="")
-    token: Mapped[str] = mapped_column(String(64))
+    principal: Mapped[str] = mapped_column(String(256), default="")  # who took it (the holder proves it is them)
+    token: Mapped[str] = mapped_column(String(64))  # sha256 of the token: the database never holds a usable one
     acquired_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
 

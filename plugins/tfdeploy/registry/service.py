@@ -4,6 +4,7 @@ appends its history event in one transaction, so readers never see a half-done c
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import secrets
 from collections.abc import Callable, Iterator
@@ -1389,7 +1390,8 @@ class RegistryService:
     def production_at(self, name: str, at: str | dt.datetime) -> dict[str, Any]:
         """Which version was in production at a moment, and who put it there (from the history)."""
         moment = parse_time(at)
-        assert moment is not None
+        if moment is None:
+            raise InvalidRequest("at is required: an ISO 8601 time, e.g. 2026-11-24T14:05:00Z")
         with self._sessions() as session:
             self._model(session, name)
             events = session.scalars(
@@ -1418,8 +1420,12 @@ class RegistryService:
     # ------------------------------------------------------------------ deployment locks (leases)
 
     def acquire_lock(self, name: str, holder: str, ctx: Actor, *, ttl_seconds: float, run_id: str = "") -> dict:
-        """Take the model's lease. Held by another run: LockHeld, and the refusal is counted (the model's
-        ``lock_refusals``: the lock waits of /metrics), committed before the error is raised."""
+        """Take the model's lease. Only the request that creates a lease gets its token (stored hashed). The same
+        run asking again with the same principal (a task retry) extends its lease and gets no token: the holder
+        proves itself with the token or as that principal and run. Held by another run: LockHeld, and the refusal is
+        counted (``lock_refusals``, the lock waits of /metrics), committed before the error is raised. An expired
+        lease is taken over: the answer's ``takenOverFrom`` names the run that held it (the caller checks that
+        serving and the registry agree before changing anything)."""
         _check_ttl(ttl_seconds)
         with self._tx() as session:
             model = self._ensure_model(session, name, ctx)
@@ -1427,41 +1433,55 @@ class RegistryService:
             lock = session.get(db.DeploymentLock, model.id, with_for_update=True)
             held = lock is not None and lock.expires_at > now
             if lock is not None and held:
-                if lock.run_id == run_id and lock.holder == holder and run_id:
-                    # the same run asking again (a task retry): extend and hand back its lease
+                if run_id and lock.run_id == run_id and lock.principal == ctx.principal:
                     lock.expires_at = now + dt.timedelta(seconds=ttl_seconds)
-                    return _lock_dict(name, lock)
+                    return _lock_dict(name, lock) | {"renewed": True}
                 model.lock_refusals = (model.lock_refusals or 0) + 1
                 refused = LockHeld(
                     f"model {name!r} is being deployed by {lock.holder} (run {lock.run_id or '-'}) until "
                     f"{iso(lock.expires_at)}; wait for it, or for the lease to expire"
                 )
             else:
-                taken_over = lock is not None
+                previous = None
                 if lock is None:
                     lock = db.DeploymentLock(model_id=model.id)
                     session.add(lock)
-                lock.holder, lock.run_id, lock.token = holder, run_id, secrets.token_hex(16)
+                else:
+                    previous = {"holder": lock.holder, "runId": lock.run_id, "expiredAt": iso(lock.expires_at)}
+                token = secrets.token_urlsafe(32)
+                lock.holder, lock.run_id, lock.principal, lock.token = holder, run_id, ctx.principal, _digest(token)
                 lock.acquired_at, lock.expires_at = now, now + dt.timedelta(seconds=ttl_seconds)
                 self._event(
                     session,
                     ctx,
                     name,
                     "lock",
-                    reason="acquired" + (" (expired lease taken over)" if taken_over else ""),
-                    details={"holder": holder, "expiresAt": iso(lock.expires_at)},
+                    reason="acquired" + (" (expired lease taken over)" if previous else ""),
+                    details={"holder": holder, "expiresAt": iso(lock.expires_at)}
+                    | ({"takenOverFrom": previous} if previous else {}),
                 )
-                return _lock_dict(name, lock)
+                return _lock_dict(name, lock) | {"token": token, "takenOverFrom": previous}
         raise refused  # after the commit: the refusal stays counted
 
-    def renew_lock(self, name: str, token: str, *, ttl_seconds: float) -> dict:
+    def renew_lock(self, name: str, token: str, ctx: Actor, *, ttl_seconds: float) -> dict:
+        """Extend the lease by its holder (module doc of the API: the token, or the same principal and run). An
+        expired lease is not renewed, even if nobody took it: its holder lost it at expiry."""
         _check_ttl(ttl_seconds)
         with self._tx() as session:
             model = self._model(session, name, lock=True)
             lock = session.get(db.DeploymentLock, model.id)
-            if lock is None or not secrets.compare_digest(lock.token, token):
-                raise Conflict(f"lock of model {name!r} is not held with this token (it expired and was taken over?)")
-            lock.expires_at = db.utcnow() + dt.timedelta(seconds=ttl_seconds)
+            if lock is None or not _holds(lock, token, ctx):
+                raise Conflict(
+                    f"the lease of model {name!r} is not held by this caller (it expired and was taken over, or was "
+                    "released): stop changing serving and let the run fail"
+                )
+            now = db.utcnow()
+            if lock.expires_at <= now:
+                raise Conflict(
+                    f"the lease of model {name!r} expired at {iso(lock.expires_at)}: another run may take it over, "
+                    "so this one must not go on changing serving"
+                )
+            lock.expires_at = now + dt.timedelta(seconds=ttl_seconds)
             return _lock_dict(name, lock)
 
     def release_lock(self, name: str, token: str, ctx: Actor) -> None:
@@ -1470,10 +1490,22 @@ class RegistryService:
             lock = session.get(db.DeploymentLock, model.id)
             if lock is None:
                 return
-            if not secrets.compare_digest(lock.token, token):
-                raise Conflict(f"lock of model {name!r} is held by {lock.holder}, not with this token")
+            if not _holds(lock, token, ctx):
+                raise Conflict(f"lock of model {name!r} is held by {lock.holder}, not by this caller")
             session.delete(lock)
             self._event(session, ctx, name, "lock", reason="released", details={"holder": lock.holder})
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _holds(lock: db.DeploymentLock, token: str, ctx: Actor) -> bool:
+    """The caller holds the lease: it sends the lease's token, or it is the principal that took it, acting for the
+    same run (the pipeline's service identity: its tasks never see the token)."""
+    if token:
+        return secrets.compare_digest(lock.token, _digest(token))
+    return bool(lock.run_id) and lock.run_id == ctx.run_id and bool(lock.principal) and lock.principal == ctx.principal
 
 
 def _lock_dict(name: str, lock: db.DeploymentLock) -> dict[str, Any]:
@@ -1481,7 +1513,7 @@ def _lock_dict(name: str, lock: db.DeploymentLock) -> dict[str, Any]:
         "modelName": name,
         "holder": lock.holder,
         "runId": lock.run_id,
-        "token": lock.token,
+        "principal": lock.principal,
         "acquiredAt": iso(lock.acquired_at),
         "expiresAt": iso(lock.expires_at),
     }

@@ -11,16 +11,24 @@ written back and re-applied, so the file on disk and the served config agree.
 The two-phase label rule lives here and only here: TF Serving may only label a version that is already
 AVAILABLE, so an edit that adds a version AND points a label at it is applied as two changes: first the
 versions with the labels it can keep, then (once the new version is AVAILABLE) the labels.
+
+A pool of several replicas changes one replica at a time, whatever the change: a reload, or a container replaced
+because its spec changed (another serving image, say). Each replica is drained at the router first, changed,
+verified, put back in rotation, and (if its container was new) waited for until the router has it UP again, before
+the next one is touched; a failure stops there, the other replicas untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from tfdeploy.core.errors import RouterError
 from tfdeploy.core.models_config import ServedModel, build_model_config
 from tfdeploy.hooks.router import RouterHook
 from tfdeploy.hooks.serving_host import ServerInfo, ServingHostHook
@@ -92,7 +100,8 @@ class ServingTargetService:
         while it changes when the pool has more than one.
     :param poll_seconds: the server's file-system poll (``--file_system_poll_wait_seconds``).
     :param available_timeout_s: how long a version may take to become AVAILABLE (or unload).
-    :param drain_timeout_s: how long a replica's in-flight requests may take to finish when it is drained.
+    :param drain_timeout_s: how long a replica's in-flight requests may take to finish when it is drained, and a
+        new replica container to be UP at the router again.
     """
 
     def __init__(
@@ -216,12 +225,11 @@ class ServingTargetService:
     def _apply(
         self, config: ModelServerConfig, model: str, before: ServedModel | None, after: ServedModel | None
     ) -> bool:
-        """Write the config once, then each replica in turn: drain it (when the pool has others to carry the
-        traffic), reload it once or create its container, verify it, put it back in rotation. True if a
+        """Write the config once, then each replica in turn, out of rotation (see :meth:`_out_of_rotation`):
+        reload it once, or create (replace) its container, which reads the file at start; verify it. True if a
         container was created."""
         self.host.write_config(config)
         serves_models = bool(config.model_config_list.config)
-        rolling = len(self.replicas) > 1
         created_any = False
         for index, serving in enumerate(self.replicas):
             if not serves_models:  # nothing left to serve: unload everything, but start no server for nothing
@@ -229,22 +237,51 @@ class ServingTargetService:
                     serving.reload(config)
                     self._verify(serving, model, before, after)
                 continue
-            info = self._ensure_replica(index)
-            created_any = created_any or info.created
-            if info.created:  # a new server read the file at start
+            with self._out_of_rotation(index) as replica:
+                replica.created = self._ensure_replica(index).created
+                created_any = created_any or replica.created
+                if not replica.created:
+                    serving.reload(config)
                 self._verify(serving, model, before, after)
-                continue
-            server = self.target.router_server(index)
-            if rolling:
-                self.router.drain(self.target.router_backends, server, timeout_s=self.drain_timeout_s)
-            try:
-                serving.reload(config)
-                self._verify(serving, model, before, after)
-            finally:
-                if rolling:
-                    for backend in self.target.router_backends:
-                        self.router.set_state(backend, server, "ready")
         return created_any
+
+    @contextlib.contextmanager
+    def _out_of_rotation(self, index: int) -> Iterator[_Replica]:
+        """Replica ``index`` drained at the router while the block changes it, when the pool has others to carry
+        the traffic; back in rotation after, whatever happened. When the block (re)created its container
+        (``replica.created``), wait until the router has it UP before going on, so that no two replicas are ever out
+        of rotation at once: raises :class:`RouterError` if it is not UP within ``drain_timeout_s``."""
+        replica = _Replica()
+        if len(self.replicas) < 2:
+            yield replica
+            return
+        server = self.target.router_server(index)
+        self.router.drain(self.target.router_backends, server, timeout_s=self.drain_timeout_s)
+        try:
+            yield replica
+        finally:
+            for backend in self.target.router_backends:
+                self.router.set_state(backend, server, "ready")
+        if replica.created:
+            self._wait_in_rotation(server)
+
+    def _wait_in_rotation(self, server: str) -> None:
+        deadline = time.monotonic() + self.drain_timeout_s
+        while True:
+            states = {
+                backend: (self.router.server_stats(backend).get(server) or {}).get("status", "missing")
+                for backend in self.target.router_backends
+            }
+            if all(state == "UP" for state in states.values()):
+                return
+            if time.monotonic() >= deadline:
+                raise RouterError(
+                    f"{server} of {self.name}'s {self.target.pool} pool, its container just (re)created, is not UP at "
+                    f"the router within {self.drain_timeout_s:g}s ({states}); the replicas after it were left "
+                    "untouched. Check its health checks and logs (`make status`, docker logs), then run the change "
+                    "again"
+                )
+            time.sleep(0.1)
 
     def _ensure_replica(self, index: int) -> ServerInfo:
         """Replica ``index``'s container running the pool's image from models.config (created if it is not)."""
@@ -258,14 +295,18 @@ class ServingTargetService:
         )
 
     def _ensure_running(self, model: str, entry: ServedModel | None) -> bool:
-        """Create any replica whose container is gone (it reads the file at start) and verify it; True if any was.
+        """Create any replica whose container is gone or differs (another image: replaced), one replica at a time
+        out of rotation (it reads the file at start), and verify it; True if any was.
 
-        So the serving side catches up with the file, e.g. after `make down` removed the containers."""
+        So the serving side catches up with the file and the pool's spec, e.g. after `make down` removed the
+        containers, or when a run chose another serving image."""
         created = False
         for index, serving in enumerate(self.replicas):
-            if self._ensure_replica(index).created:
-                self._verify(serving, model, None, entry)
-                created = True
+            with self._out_of_rotation(index) as replica:  # a container replaced for a new spec: drained first
+                replica.created = self._ensure_replica(index).created
+                if replica.created:
+                    self._verify(serving, model, None, entry)
+            created = created or replica.created
         return created
 
     def _verify(
@@ -295,6 +336,13 @@ class ServingTargetService:
                 self.host.config_path,
                 _describe(before),
             )
+
+
+@dataclass
+class _Replica:
+    """What changing one replica did: whether its container was (re)created."""
+
+    created: bool = False
 
 
 def _find(models: Sequence[ServedModel], name: str) -> ServedModel | None:

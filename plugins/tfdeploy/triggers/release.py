@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from tfdeploy.core.errors import RegistryError, RouterError
+from tfdeploy.core.errors import Conflict, RegistryError, RouterError
 from tfdeploy.core.release import Outcome, ReleasePlan, Side, judge
 from tfdeploy.hooks.registry import RegistryHook
 from tfdeploy.services.release_metrics import ReleaseMetrics
@@ -40,6 +40,8 @@ class ReleaseStepTrigger(BaseTrigger):
     :param serving_target: the serving target's name.
     :param registry_conn_id: the registry's Connection (release controls).
     :param extensions: bakes already added for low traffic.
+    :param lease: the run's deployment lease, renewed every third of ``seconds`` while the step bakes:
+        ``{"context": the run's lineage, "seconds": its length}``; None: no lease to keep.
     """
 
     def __init__(
@@ -54,8 +56,10 @@ class ReleaseStepTrigger(BaseTrigger):
         serving_target: str,
         registry_conn_id: str = RegistryHook.default_conn_name,
         extensions: int = 0,
+        lease: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.lease = lease
         self.model = model
         self.candidate = candidate
         self.weight = weight
@@ -79,6 +83,7 @@ class ReleaseStepTrigger(BaseTrigger):
                 "serving_target": self.serving_target,
                 "registry_conn_id": self.registry_conn_id,
                 "extensions": self.extensions,
+                "lease": self.lease,
             },
         )
 
@@ -88,8 +93,15 @@ class ReleaseStepTrigger(BaseTrigger):
         registry = RegistryHook(self.registry_conn_id, max_attempts=1, timeout=max(1.0, plan.check_seconds))
         baseline = {side: Side.from_dict(values) for side, values in self.baseline.items()}
         deadline, extensions, last = self.deadline, self.extensions, time.monotonic()
+        renewed = float("-inf")
         while True:
             started = time.monotonic()
+            if self.lease and started - renewed >= float(self.lease["seconds"]) / 3:
+                lost = await asyncio.to_thread(self._renew, registry)
+                if lost:
+                    yield TriggerEvent({"status": "error", "message": lost, "weight": self.weight})
+                    return
+                renewed = started
             try:
                 now, candidate_up = await asyncio.to_thread(
                     lambda: (metrics.sample(self.model), metrics.candidate_up())
@@ -134,6 +146,17 @@ class ReleaseStepTrigger(BaseTrigger):
                     yield TriggerEvent(base | event | await self._weight_zero(metrics))
                     return
             await asyncio.sleep(max(0.0, plan.check_seconds - (time.monotonic() - started)))
+
+    def _renew(self, registry: RegistryHook) -> str | None:
+        """Renew the run's lease; the reason if it is lost (the release must stop), None otherwise."""
+        assert self.lease is not None
+        try:
+            registry.renew_lock(self.model, ttl_seconds=float(self.lease["seconds"]), context=self.lease["context"])
+        except Conflict as exc:
+            return f"the deployment lease of {self.model} is no longer this run's: {exc}"
+        except RegistryError as exc:  # unreachable now: the next look tries again before the lease lapses
+            self.log.warning("lease of %s not renewed this time (registry: %s)", self.model, exc)
+        return None
 
     def _control(self, registry: RegistryHook) -> Any:
         try:

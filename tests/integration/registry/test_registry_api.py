@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from tfdeploy.registry.api import create_app
+from tfdeploy.registry.auth import SERVICE
 from tfdeploy.registry.config import RegistryConfig
 
 with warnings.catch_warnings():
@@ -20,17 +21,30 @@ with warnings.catch_warnings():
 
 TOKEN = "registry-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# Airflow runs as the plugin's run lookup finds them (dag id, run id) -> who triggered the run and how
+RUNS = {
+    ("model_deploy", "r1"): {"user": "bob", "interface": "schedule"},
+    ("model_deploy", "manual__alice"): {"user": "alice", "interface": "ui"},
+    ("model_deploy", "manual__7"): {"user": "alice", "interface": "rest_api"},
+}
+
+
+def run_lookup(dag_id: str, run_id: str) -> dict[str, str] | None:
+    """The plugin's run lookup (Airflow's database), faked: the runs of ``RUNS``, None for any other."""
+    return RUNS.get((dag_id, run_id))
 
 
 @pytest.fixture(scope="module")
 def client(db_url):
-    app = create_app(RegistryConfig(db_url=db_url, api_token=TOKEN, airflow_url="http://airflow.test"))
+    app = create_app(
+        RegistryConfig(db_url=db_url, api_token=TOKEN, airflow_url="http://airflow.test"), run_lookup=run_lookup
+    )
     with TestClient(app) as c:
         yield c
 
 
-def ctx(actor: str = "alice", interface: str = "ui", **extra) -> dict:
-    return {"actor": actor, "interface": interface, **extra}
+def ctx(interface: str = "ui", **extra) -> dict:
+    return {"interface": interface, **extra}
 
 
 def register(client, model: str, version: int | None = None, sha: str = "a" * 64, **body) -> dict:
@@ -66,7 +80,7 @@ def test_reads_and_writes_need_a_token(client):
     assert client.get("/v1/models").status_code == 401
     assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 403
     resp = client.post("/v1/models/x/versions", json={})
-    assert resp.status_code == 401 and "bearer token" in resp.json()["message"]
+    assert resp.status_code == 401 and "Authorization: Bearer <token>" in resp.json()["message"]
     assert client.get("/v1/models", headers=AUTH).status_code == 200
     assert client.get("/v1/models", cookies={"_token": TOKEN}).status_code == 200  # the UI's cookie
     assert client.get("/health").json() == {"status": "ok"}
@@ -80,9 +94,9 @@ def test_public_reads_when_configured(db_url):
 
 
 def test_openapi_docs(client):
-    spec = client.get("/openapi.json").json()
+    spec = client.get("/openapi.json", headers=AUTH).json()
     assert "/v1/models/{name}/versions/{version}/transitions" in spec["paths"]
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs", headers=AUTH).status_code == 200
 
 
 # --------------------------------------------------------------------------- models and versions
@@ -171,7 +185,7 @@ def test_promotion_supersedes_and_history_records_who_did_what(client):
         f"/v1/models/{model}/versions/2/transitions",
         json={
             "toState": "validated",
-            "context": ctx("bob", "schedule", dagId="model_deploy", runId="r1", taskId="validate"),
+            "context": ctx("pipeline", dagId="model_deploy", runId="r1", taskId="validate"),
         },
         headers=AUTH,
     )
@@ -188,17 +202,20 @@ def test_promotion_supersedes_and_history_records_who_did_what(client):
     assert any(
         e["version"] == 1 and e["toState"] == "superseded" and "superseded by version 2" in e["reason"] for e in events
     )
+    # the service token acted for bob's run: bob (the run's triggering user) and how the run was started
     by_bob = client.get("/v1/history", params={"model": model, "actor": "bob"}, headers=AUTH).json()["events"]
     assert [(e["toState"], e["interface"], e["dagId"], e["runId"], e["taskId"]) for e in by_bob] == [
         ("validated", "schedule", "model_deploy", "r1", "validate")
     ]
-    assert all(e["principal"] == "api-token" for e in events)
+    assert all(e["principal"] == SERVICE for e in events)
+    assert {e["actor"] for e in events} == {"bob", SERVICE}  # without a run: the service itself
 
 
 def test_which_version_was_in_production_at_a_time(client):
     model = unique("travel")
     register(client, model, 1)
-    move(client, model, 1, "validated", "canary", "production")
+    move(client, model, 1, "validated", "canary")
+    move(client, model, 1, "production", context=ctx(dagId="model_deploy", runId="manual__alice"))
     time.sleep(0.05)
     between = dt.datetime.now(dt.UTC).isoformat()
     time.sleep(0.05)
@@ -206,6 +223,7 @@ def test_which_version_was_in_production_at_a_time(client):
     move(client, model, 2, "validated", "canary", "production")
     then = client.get(f"/v1/models/{model}/production", params={"at": between}, headers=AUTH).json()
     assert then["version"] == 1 and then["promotedBy"]["actor"] == "alice"
+    assert (then["promotedBy"]["principal"], then["promotedBy"]["runId"]) == (SERVICE, "manual__alice")
     now = client.get(f"/v1/models/{model}/production", params={"at": dt.datetime.now(dt.UTC).isoformat()}, headers=AUTH)
     assert now.json()["version"] == 2
     before = client.get(f"/v1/models/{model}/production", params={"at": "2000-01-01T00:00:00Z"}, headers=AUTH).json()
@@ -251,7 +269,7 @@ def test_racing_writers_one_wins_the_other_gets_409(client):
         barrier.wait()
         resp = client.post(
             f"/v1/models/{model}/versions/1/transitions",
-            json={"toState": "canary", "expectedState": "validated", "context": ctx(f"w{i}")},
+            json={"toState": "canary", "expectedState": "validated", "context": ctx()},
             headers=AUTH,
         )
         results.append(resp.status_code)
@@ -287,7 +305,7 @@ def test_deployments_and_health(client):
         "target": "local",
         "label": "stable",
         "version": 1,
-        "updatedBy": "api-token",
+        "updatedBy": SERVICE,
         "updatedAt": None,
     }
     records = client.get(f"/v1/models/{model}/health", headers=AUTH).json()["records"]
@@ -300,34 +318,30 @@ def test_deployments_and_health(client):
 
 def test_deployment_lock_lease(client):
     model = unique("lock")
-    first = client.post(
-        f"/v1/models/{model}/lock", json={"holder": "run-a", "runId": "a", "ttlSeconds": 1}, headers=AUTH
-    )
-    assert first.status_code == 200
-    held = client.post(
-        f"/v1/models/{model}/lock", json={"holder": "run-b", "runId": "b", "ttlSeconds": 30}, headers=AUTH
-    )
+    url = f"/v1/models/{model}/lock"
+    first = client.post(url, json={"holder": "run-a", "runId": "a", "ttlSeconds": 1}, headers=AUTH)
+    assert first.status_code == 200 and first.json()["token"] and first.json()["takenOverFrom"] is None
+    held = client.post(url, json={"holder": "run-b", "runId": "b", "ttlSeconds": 30}, headers=AUTH)
     assert held.status_code == 409 and "being deployed by run-a" in held.json()["message"]
-    # the same run asking again (a task retry) gets its lease back
-    again = client.post(
-        f"/v1/models/{model}/lock", json={"holder": "run-a", "runId": "a", "ttlSeconds": 1}, headers=AUTH
-    )
-    assert again.status_code == 200 and again.json()["token"] == first.json()["token"]
+    # the same run and principal asking again (a task retry) extends its lease, without handing out a token
+    again = client.post(url, json={"holder": "run-a", "runId": "a", "ttlSeconds": 1}, headers=AUTH)
+    assert again.status_code == 200 and again.json()["renewed"] is True and "token" not in again.json()
+    assert again.json()["expiresAt"] >= first.json()["expiresAt"]
     time.sleep(1.2)  # run-a died: its lease expires and can be taken over
-    taken = client.post(
-        f"/v1/models/{model}/lock", json={"holder": "run-b", "runId": "b", "ttlSeconds": 30}, headers=AUTH
-    )
+    taken = client.post(url, json={"holder": "run-b", "runId": "b", "ttlSeconds": 30}, headers=AUTH)
     assert taken.status_code == 200
+    assert taken.json()["takenOverFrom"] | {"expiredAt": None} == {"holder": "run-a", "runId": "a", "expiredAt": None}
     token = taken.json()["token"]
-    stale = client.post(f"/v1/models/{model}/lock/renew", json={"token": first.json()["token"]}, headers=AUTH)
-    assert stale.status_code == 409
-    assert (
-        client.post(f"/v1/models/{model}/lock/renew", json={"token": token, "ttlSeconds": 60}, headers=AUTH).status_code
-        == 200
+    assert token and token != first.json()["token"]
+    stale = client.post(
+        f"{url}/renew", json={"ttlSeconds": 60}, headers=AUTH | {"X-Lease-Token": first.json()["token"]}
     )
+    assert stale.status_code == 409
+    renewed = client.post(f"{url}/renew", json={"ttlSeconds": 60}, headers=AUTH | {"X-Lease-Token": token})
+    assert renewed.status_code == 200 and "token" not in renewed.json()
     assert client.get(f"/v1/models/{model}", headers=AUTH).json()["lock"]["holder"] == "run-b"
-    assert client.delete(f"/v1/models/{model}/lock", params={"token": "wrong"}, headers=AUTH).status_code == 409
-    assert client.delete(f"/v1/models/{model}/lock", params={"token": token}, headers=AUTH).status_code == 204
+    assert client.delete(url, headers=AUTH | {"X-Lease-Token": "wrong"}).status_code == 409
+    assert client.delete(url, headers=AUTH | {"X-Lease-Token": token}).status_code == 204
     assert client.get(f"/v1/models/{model}", headers=AUTH).json()["lock"] is None
     kinds = [
         e["reason"]

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tfdeploy.registry import service as registry_service
 from tfdeploy.registry.api import create_app
+from tfdeploy.registry.auth import SERVICE
 from tfdeploy.registry.config import RegistryConfig
 
 from .test_registry_api import AUTH, TOKEN, move, register, unique
@@ -26,7 +27,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-LINEAGE = {"actor": "mallory", "interface": "ui"}  # a name in the body: never recorded as who changed a setting
+LINEAGE = {"interface": "ui"}  # who changed a setting: the authenticated principal (the body cannot name anyone)
 
 
 class Starter:
@@ -176,10 +177,10 @@ def test_settings_are_recorded_with_the_authenticated_actor(client, released):
     detail = client.get(f"/v1/models/{released}", headers=AUTH).json()["settings"]
     assert detail == {k: v for k, v in both.json().items() if k != "modelName"}
     second, first = events(client, released, "settings")
-    assert first["details"] == {"changes": {"autoRollbackOnFailing": {"from": False, "to": True}}, "who": "api-token"}
+    assert first["details"] == {"changes": {"autoRollbackOnFailing": {"from": False, "to": True}}, "who": SERVICE}
     assert (first["actor"], first["principal"], first["interface"], first["reason"]) == (
-        "api-token",
-        "api-token",
+        SERVICE,
+        SERVICE,
         "ui",
         "pager duty",
     )
@@ -220,7 +221,7 @@ def test_freeze_and_unfreeze_with_who_and_why(client, released):
     resp = client.post(url, json={"reason": "incident 42", "context": LINEAGE}, headers=AUTH)
     assert resp.status_code == 200, resp.text  # a release in progress does not prevent it (it goes on)
     frozen = resp.json()
-    assert (frozen["frozen"], frozen["frozenBy"], frozen["frozenReason"]) == (True, "api-token", "incident 42")
+    assert (frozen["frozen"], frozen["frozenBy"], frozen["frozenReason"]) == (True, SERVICE, "incident 42")
     assert frozen["frozenAt"].endswith("Z")
     again = client.post(url, json={"reason": "me too"}, headers=AUTH).json()  # already frozen: a no-op
     assert (again["frozenReason"], again["frozenAt"]) == ("incident 42", frozen["frozenAt"])
@@ -242,14 +243,14 @@ def test_freeze_and_unfreeze_with_who_and_why(client, released):
     (freeze,) = events(client, released, "freeze")
     (unfreeze,) = events(client, released, "unfreeze")
     assert (freeze["actor"], freeze["reason"], freeze["details"]) == (
-        "api-token",
+        SERVICE,
         "incident 42",
-        {"who": "api-token", "releaseInProgress": True},
+        {"who": SERVICE, "releaseInProgress": True},
     )
-    assert (unfreeze["actor"], unfreeze["interface"], unfreeze["reason"]) == ("api-token", "ui", "fixed")
+    assert (unfreeze["actor"], unfreeze["interface"], unfreeze["reason"]) == (SERVICE, "ui", "fixed")
     assert unfreeze["details"] | {"frozenAt": None} == {
-        "who": "api-token",
-        "frozenBy": "api-token",
+        "who": SERVICE,
+        "frozenBy": SERVICE,
         "frozenReason": "incident 42",
         "frozenAt": None,
     }
@@ -329,8 +330,8 @@ def test_alerts_are_recorded_and_appended_to_the_history(client, released, start
     assert out["receiver"] == "tfdeploy-registry" and out["generatorUrl"].startswith("http://127.0.0.1:9090")
     (event,) = events(client, released, "alert")
     assert (event["actor"], event["principal"], event["reason"]) == (
-        "api-token",
-        "api-token",
+        SERVICE,
+        SERVICE,
         "ModelFailing firing: v2 answers wrongly",
     )
     assert event["details"]["fingerprint"] == "fp-" + released and event["details"]["alertId"] == out["id"]
@@ -401,7 +402,7 @@ def test_a_critical_alert_starts_one_automatic_rollback_per_ten_minutes(client, 
         "model_rollback",
         run_id,
         1,
-        "api-token",
+        SERVICE,
     )
     assert event["details"] | {"alertId": None} == {
         "alertId": None,
@@ -535,7 +536,7 @@ def test_roll_back_to_a_version_starts_model_rollback(client, released, starter_
     assert starter_to.of(released) == [(released, 1, "p99 regression")]
     (event,) = events(client, released, "rollback")
     assert (event["actor"], event["interface"], event["dagId"], event["runId"], event["version"]) == (
-        "api-token",
+        SERVICE,
         "ui",
         "model_rollback",
         run_id,
@@ -546,7 +547,7 @@ def test_roll_back_to_a_version_starts_model_rollback(client, released, starter_
         "runId": run_id,
         "fromVersion": 2,
         "toVersion": 1,
-        "who": "api-token",
+        "who": SERVICE,
     }
 
     for version, status, words in ((2, 409, "already in production"), (3, 409, "canary"), (9, 404, "no version 9")):
@@ -588,7 +589,8 @@ def test_metrics_exposition(client, released):
     for _ in range(2):
         refused = client.post(f"/v1/models/{model}/lock", json={"holder": "b", "runId": "b"}, headers=AUTH)
         assert refused.status_code == 409
-    client.delete(f"/v1/models/{model}/lock", params={"token": lock.json()["token"]}, headers=AUTH)
+    released_lock = client.delete(f"/v1/models/{model}/lock", headers=AUTH | {"X-Lease-Token": lock.json()["token"]})
+    assert released_lock.status_code == 204
     client.post(f"/v1/models/{model}/freeze", json={"reason": "metrics"}, headers=AUTH)
     rolled = unique("rolled")
     register(client, rolled, 1)

@@ -24,15 +24,17 @@ from tfdeploy.core.errors import Conflict, InvalidRequest, NotFound, RegistryUna
 from tfdeploy.hooks.registry import RegistryHook, Traffic
 from tfdeploy.registry import service as registry_service
 from tfdeploy.registry.api import create_app
+from tfdeploy.registry.auth import SERVICE
 from tfdeploy.registry.config import RegistryConfig
 
-from .test_registry_api import AUTH, TOKEN, move, register, unique
+from .test_registry_api import AUTH, TOKEN, move, register, run_lookup, unique
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-LINEAGE = {"actor": "alice", "interface": "pipeline", "dagId": "model_deploy", "runId": "manual__7", "taskId": "shift"}
+# the pipeline's context (lineage.run_context): alice triggered run manual__7 through the REST API (run_lookup)
+LINEAGE = {"interface": "pipeline", "dagId": "model_deploy", "runId": "manual__7", "taskId": "shift"}
 LIST_KEYS = {"modelName", "version", "canaryVersion", "latestVersion", "health", "updatedAt"}
 
 
@@ -56,7 +58,7 @@ def sink() -> Sink:
 
 @pytest.fixture(scope="module")
 def client(db_url, sink):
-    app = create_app(RegistryConfig(db_url=db_url, api_token=TOKEN), rate_limit_sink=sink)
+    app = create_app(RegistryConfig(db_url=db_url, api_token=TOKEN), rate_limit_sink=sink, run_lookup=run_lookup)
     with TestClient(app) as c:
         yield c
 
@@ -145,7 +147,8 @@ def test_set_traffic_steps_and_history(client, released):
     step2, step1 = events(client, released, "traffic")
     assert step1["details"] == split(1, 90, 2, 10) | {"previous": split(1, 100, None, 0), "reason": "canary step 1"}
     assert step2["details"] == split(1, 50, 2, 50) | {"previous": split(1, 90, 2, 10), "reason": "canary step 2"}
-    assert (step2["actor"], step2["principal"], step2["interface"]) == ("alice", "api-token", "pipeline")
+    # who: the run's triggering user and how the run was started (looked up), the service token as principal
+    assert (step2["actor"], step2["principal"], step2["interface"]) == ("alice", SERVICE, "rest_api")
     assert (step2["dagId"], step2["runId"], step2["taskId"], step2["reason"]) == (
         "model_deploy",
         "manual__7",
@@ -209,8 +212,8 @@ def test_controls_need_a_release_in_progress(client, released):
 
 def test_pause_resume_promote_abort_and_who_did_it(client, released):
     put_traffic(client, released, 1, 2, 25)
-    # the body cannot say who did it: the authenticated principal is recorded
-    resp = control(client, released, "pause", "p99 up 30%", context={"actor": "mallory", "interface": "ui"})
+    # who did it: the authenticated principal (the body cannot name anyone)
+    resp = control(client, released, "pause", "p99 up 30%", context={"interface": "ui"})
     assert resp.status_code == 200, resp.text
     assert resp.json() | {"updatedAt": None} == {
         "stable": {"version": 1, "weight": 75},
@@ -218,7 +221,7 @@ def test_pause_resume_promote_abort_and_who_did_it(client, released):
         "paused": True,
         "pendingAction": None,
         "updatedAt": None,
-        "updatedBy": "api-token",
+        "updatedBy": SERVICE,
     }
     assert control(client, released, "resume", "false alarm").json()["paused"] is False
     assert control(client, released, "promote", "looks good").json()["pendingAction"] == "promote"
@@ -230,14 +233,14 @@ def test_pause_resume_promote_abort_and_who_did_it(client, released):
     assert pause["details"] == {
         "action": "pause",
         "reason": "p99 up 30%",
-        "who": "api-token",
+        "who": SERVICE,
         "paused": True,
         "pendingAction": None,
         "previous": {"paused": False, "pendingAction": None},
     }
     assert (pause["actor"], pause["principal"], pause["interface"], pause["reason"], pause["version"]) == (
-        "api-token",
-        "api-token",
+        SERVICE,
+        SERVICE,
         "ui",
         "p99 up 30%",
         2,
@@ -260,12 +263,14 @@ def test_control_validation(client, released):
     assert events(client, released, "release_control") == []
 
 
-def test_the_ui_cookie_is_enough_to_control_a_release(client, released):
+def test_the_ui_cookie_and_its_csrf_token_are_enough_to_control_a_release(client, released):
     put_traffic(client, released, 1, 2, 5)
     with TestClient(client.app, cookies={"_token": TOKEN}) as page:  # what the web page sends
+        csrf = page.get("/config.json").json()  # the page reads its session's CSRF token first
         resp = page.post(
             f"/v1/models/{released}/release",
             json={"action": "pause", "reason": "from the page", "context": {"interface": "ui"}},
+            headers={csrf["csrfHeader"]: csrf["csrfToken"]},
         )
     assert resp.status_code == 200 and resp.json()["paused"] is True
 
@@ -308,13 +313,7 @@ def test_the_pipeline_clears_the_pending_action(client, released):
     assert traffic(client, released)["pendingAction"] == "abort"
     resp = client.delete(url, params={"expected": "rollback"}, headers=AUTH)
     assert resp.status_code == 422 and "expected" in resp.json()["message"]
-    lineage = {
-        "actor": "alice",
-        "interface": "pipeline",
-        "dagId": "model_deploy",
-        "runId": "manual__7",
-        "taskId": "act",
-    }
+    lineage = {"interface": "pipeline", "dagId": "model_deploy", "runId": "manual__7", "taskId": "act"}
     resp = client.delete(url, params={"expected": "abort", **lineage}, headers=AUTH)
     assert resp.status_code == 204
     assert traffic(client, released)["pendingAction"] is None
@@ -322,7 +321,7 @@ def test_the_pipeline_clears_the_pending_action(client, released):
     assert cleared["details"] == {"action": "clear_pending", "cleared": "abort", "who": "alice"}
     assert (cleared["actor"], cleared["principal"], cleared["runId"], cleared["taskId"]) == (
         "alice",
-        "api-token",
+        SERVICE,
         "manual__7",
         "act",
     )
@@ -345,7 +344,7 @@ def test_rate_limit_is_stored_applied_and_recorded(client, released, sink):
     assert first["details"] == {"rps": 50.0, "previous": None}
     assert (first["actor"], first["principal"], first["runId"], first["reason"]) == (
         "alice",
-        "api-token",
+        SERVICE,
         "manual__7",
         "protect the GPU pool",
     )
@@ -408,7 +407,7 @@ def test_list_api_shape_is_unchanged(client, released):
     ]
     everything = client.get("/v1/models", headers=AUTH).json()["models"]
     assert everything and all(set(m) == LIST_KEYS for m in everything)
-    spec = client.get("/openapi.json").json()["paths"]
+    spec = client.get("/openapi.json", headers=AUTH).json()["paths"]
     assert {"/v1/models/{name}/traffic", "/v1/models/{name}/release", "/v1/models/{name}/release/pending"} <= set(spec)
     assert "/v1/models/{name}/rate-limit" in spec
 
@@ -469,7 +468,8 @@ def serve(app: FastAPI) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def registry_port(db_url, sink) -> Iterator[int]:
-    with serve(create_app(RegistryConfig(db_url=db_url, api_token=TOKEN), rate_limit_sink=sink)) as port:
+    app = create_app(RegistryConfig(db_url=db_url, api_token=TOKEN), rate_limit_sink=sink, run_lookup=run_lookup)
+    with serve(app) as port:
         yield port
 
 
@@ -495,7 +495,7 @@ def test_hook_traffic_and_controls(hook: RegistryHook, released: str) -> None:
     assert record.traffic == step and record.rate_limit_rps is None
 
     paused = hook.release_control(released, "pause", reason="latency")
-    assert paused.paused and paused.updated_by == "api-token"
+    assert paused.paused and paused.updated_by == SERVICE
     assert hook.release_control(released, "promote", reason="ship it", context=LINEAGE).pending_action == "promote"
     with pytest.raises(Conflict, match="now promote, not abort"):
         hook.clear_pending_action(released, context=LINEAGE, expected="abort")

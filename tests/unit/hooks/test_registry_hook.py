@@ -52,7 +52,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 TOKEN = "t"
-LINEAGE = {"actor": "alice", "interface": "pipeline", "dagId": "model_deploy", "runId": "manual__1", "taskId": "t1"}
+LINEAGE = {"interface": "pipeline", "dagId": "model_deploy", "runId": "manual__1", "taskId": "t1"}
 FAST = {"backoff": 0.01, "max_backoff": 0.05}  # retries without waiting in tests
 CLOSED_PG = "postgresql+psycopg2://reg:s3cret-pw@127.0.0.1:1/registry"  # nothing listens on port 1
 
@@ -86,10 +86,15 @@ def serve(app: FastAPI) -> Iterator[int]:
         sock.close()
 
 
+def runs(dag_id: str, run_id: str) -> dict[str, str] | None:
+    """The run lookup the Airflow plugin gives: run manual__1 was triggered by alice from the UI."""
+    return {"user": "alice", "interface": "ui"} if run_id.startswith("manual__") or run_id.startswith("run-") else None
+
+
 def mounted(config: RegistryConfig) -> FastAPI:
     """The registry app under /registry, as the Airflow plugin mounts it."""
     parent = FastAPI()
-    parent.mount("/registry", create_app(config))
+    parent.mount("/registry", create_app(config, run_lookup=runs))
     return parent
 
 
@@ -253,7 +258,9 @@ def test_model_deployments_and_production(hook: RegistryHook) -> None:
     history = hook.get_conn().get(f"{hook.base_url}/v1/models/{model}/history", params={"kind": "deployment"})
     removed = [e for e in history.json()["events"] if e["details"].get("removed")]
     assert removed and removed[0]["reason"] == "promoted"
-    assert {k: removed[0][k] for k in LINEAGE} == LINEAGE
+    # the run's ids as sent; who and through what from the run itself (the registry's run lookup), not the request
+    assert {k: removed[0][k] for k in LINEAGE} == LINEAGE | {"interface": "ui"}
+    assert (removed[0]["actor"], removed[0]["principal"]) == ("alice", "tfdeploy-service")
 
 
 def test_health_round_trip(hook: RegistryHook) -> None:
@@ -301,26 +308,31 @@ def test_serving_and_router_events_go_into_the_history(hook: RegistryHook, regis
 
 def test_lock_lease_round_trip(hook: RegistryHook) -> None:
     model = "rt-lock"
-    lease = hook.acquire_lock(model, holder="deploy/run-1", run_id="run-1", ttl_seconds=60, context=LINEAGE)
+    run1 = LINEAGE | {"runId": "run-1"}
+    lease = hook.acquire_lock(model, holder="deploy/run-1", run_id="run-1", ttl_seconds=60, context=run1)
     assert isinstance(lease, Lease)
-    assert (lease.model, lease.holder, lease.run_id, len(lease.token)) == (model, "deploy/run-1", "run-1", 32)
+    assert (lease.model, lease.holder, lease.run_id, len(lease.token) >= 32) == (model, "deploy/run-1", "run-1", True)
     assert dt.timedelta(seconds=50) < lease.expires_at - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=61)
     lock = hook.get_model(model).lock
     assert lock is not None and (lock.holder, lock.run_id, lock.expired) == ("deploy/run-1", "run-1", False)
 
-    again = hook.acquire_lock(model, holder="deploy/run-1", run_id="run-1", ttl_seconds=60, context=LINEAGE)
-    assert again.token == lease.token  # the same run (a task retry) gets its lease back
+    again = hook.acquire_lock(model, holder="deploy/run-1", run_id="run-1", ttl_seconds=60, context=run1)
+    assert again.token == ""  # the same run and principal (a task retry) keeps its lease; the token went only once
     with pytest.raises(LockHeld, match="run-1"):
         hook.acquire_lock(model, holder="deploy/run-2", run_id="run-2", ttl_seconds=60, context=LINEAGE)
 
-    renewed = hook.renew_lock(model, lease.token, ttl_seconds=3600)
-    assert renewed.token == lease.token and renewed.expires_at > lease.expires_at
+    renewed = hook.renew_lock(model, ttl_seconds=3600, token=lease.token, context={})
+    assert renewed.token == "" and renewed.expires_at > lease.expires_at
+    by_run = hook.renew_lock(model, ttl_seconds=3600, context=run1)  # the run that took it, no token
+    assert by_run.run_id == "run-1"
     with pytest.raises(Conflict):
-        hook.renew_lock(model, "not-the-token", ttl_seconds=60)
+        hook.renew_lock(model, ttl_seconds=60, token="not-the-token", context=run1)
     with pytest.raises(Conflict):
-        hook.release_lock(model, "not-the-token")
-    hook.release_lock(model, lease.token, context=LINEAGE)
-    hook.release_lock(model, lease.token)  # nobody holds it: a no-op
+        hook.renew_lock(model, ttl_seconds=60, context=LINEAGE | {"runId": "run-2"})
+    with pytest.raises(Conflict):
+        hook.release_lock(model, token="not-the-token", context={})
+    hook.release_lock(model, context=run1)
+    hook.release_lock(model, context=run1)  # nobody holds it: a no-op
     assert hook.get_model(model).lock is None
 
 
@@ -335,7 +347,7 @@ def test_settings_and_freeze_round_trip(hook: RegistryHook) -> None:
     with pytest.raises(InvalidRequest, match="nothing to change"):
         hook.set_settings(model, reason="nothing")
     frozen = hook.freeze(model, "incident 42", LINEAGE)
-    assert (frozen.frozen, frozen.frozen_by, frozen.frozen_reason) == (True, "api-token", "incident 42")
+    assert (frozen.frozen, frozen.frozen_by, frozen.frozen_reason) == (True, "alice", "incident 42")
     assert isinstance(frozen.frozen_at, dt.datetime) and frozen.frozen_at.tzinfo is not None
     assert hook.get_model(model).settings == frozen == hook.get_settings(model)
     lifted = hook.unfreeze(model, "fixed", LINEAGE)

@@ -96,8 +96,7 @@ class Lineage:
     def __call__(self, context: Any) -> dict[str, str]:
         self.calls.append(context)
         return {
-            "actor": "alice",
-            "interface": "ui",
+            "interface": "pipeline",
             "dagId": context["dag_run"].dag_id,
             "runId": context["dag_run"].run_id,
             "taskId": context["ti"].task_id,
@@ -106,8 +105,7 @@ class Lineage:
 
 @pytest.fixture(autouse=True)
 def lineage(monkeypatch: pytest.MonkeyPatch) -> Lineage:
-    """``run_context`` of every operator module that records lineage replaced (the real one calls Airflow's
-    REST API)."""
+    """``run_context`` of every operator module that records lineage replaced (counts the look-ups)."""
     fake = Lineage()
     for module in (base_module, lock_module, approval_module, health_module, diagnose_module):
         monkeypatch.setattr(module, "run_context", fake)
@@ -118,7 +116,8 @@ def lineage(monkeypatch: pytest.MonkeyPatch) -> Lineage:
 
 
 class FakeTI:
-    """``ti``: ``xcom_pull`` answers from ``xcoms`` ({task_id: value} or {(task_id, key): value})."""
+    """``ti``: ``xcom_pull`` answers from ``xcoms`` ({task_id: value} or {(task_id, key): value}); ``xcom_push``
+    adds to them."""
 
     def __init__(self, task_id: str, xcoms: dict[Any, Any] | None = None) -> None:
         self.task_id = task_id
@@ -130,6 +129,9 @@ class FakeTI:
         if key == "return_value":
             return self.xcoms.get(task_ids)
         return self.xcoms.get((task_ids, key))
+
+    def xcom_push(self, key: str, value: Any, **_: Any) -> None:
+        self.xcoms[(self.task_id, key)] = value
 
 
 def make_context(
@@ -170,6 +172,12 @@ def inject(op: Any, *, registry: Any = None, service: Any = None, canary: Any = 
 
 
 # --------------------------------------------------------------------------- the registry
+
+
+def acting_user(context: Any) -> str:
+    """Who the registry records as acting: the run's triggering user (every fake run is alice's), looked up by
+    the registry itself; without a run, the service identity."""
+    return "alice" if context.get("runId") else str(context.get("actor") or "tfdeploy-service")
 
 
 @dataclass
@@ -297,7 +305,7 @@ class FakeRegistry:
             source=source,
             run_id=context["runId"],
             dag_id=context["dagId"],
-            created_by=context["actor"],
+            created_by=acting_user(context),
         )
         self.versions[(model, version)] = record
         self.models.add(model)
@@ -482,7 +490,7 @@ class FakeRegistry:
             paused=False if fresh or before is None else before.paused,
             pending_action=None if fresh or before is None else before.pending_action,
             updated_at=utcnow(),
-            updated_by=context["actor"],
+            updated_by=acting_user(context),
         )
         self.traffic[model] = traffic
         self._write(
@@ -554,29 +562,48 @@ class FakeRegistry:
         return token
 
     def acquire_lock(self, model: str, *, holder: str, run_id: str, ttl_seconds: float, context: Any) -> Lease:
+        """As the registry: the token only to the request that creates the lease; the same run again extends it."""
         self._check("acquire_lock")
         now = utcnow()
         lock = self.locks.get(model)
         if lock is not None and lock["expires_at"] > now:
-            if lock["run_id"] == run_id and lock["holder"] == holder and run_id:
+            if lock["run_id"] == run_id and run_id:
                 lock["expires_at"] = now + dt.timedelta(seconds=ttl_seconds)  # the same run again: extended
                 self._write("acquire_lock", model, holder=holder, extended=True, context=dict(context))
-                return Lease(model, lock["token"], holder, run_id, lock["expires_at"])
+                return Lease(model, "", holder, run_id, lock["expires_at"])
             raise LockHeld(f"model {model!r} is being deployed by {lock['holder']} until {lock['expires_at']}")
+        previous = (
+            {"holder": lock["holder"], "runId": lock["run_id"], "expiredAt": lock["expires_at"].isoformat()}
+            if lock
+            else None
+        )
         token = secrets.token_hex(8)
         expires = now + dt.timedelta(seconds=ttl_seconds)
         self.locks[model] = {"holder": holder, "run_id": run_id, "token": token, "expires_at": expires}
         self.models.add(model)
         self._write("acquire_lock", model, holder=holder, extended=False, context=dict(context))
-        return Lease(model, token, holder, run_id, expires)
+        return Lease(model, token, holder, run_id, expires, previous)
 
-    def release_lock(self, model: str, token: str, *, context: Any = None) -> None:
+    def _holds(self, lock: dict[str, Any], token: str, context: Any) -> bool:
+        return lock["token"] == token if token else bool(context) and lock["run_id"] == context.get("runId")
+
+    def renew_lock(self, model: str, *, ttl_seconds: float, context: Any, token: str = "") -> Lease:
+        self._check("renew_lock")
+        lock = self.locks.get(model)
+        now = utcnow()
+        if lock is None or not self._holds(lock, token, context) or lock["expires_at"] <= now:
+            raise Conflict(f"the lease of model {model!r} is not held by this caller")
+        lock["expires_at"] = now + dt.timedelta(seconds=ttl_seconds)
+        self._write("renew_lock", model, ttl_seconds=ttl_seconds, context=dict(context))
+        return Lease(model, "", lock["holder"], lock["run_id"], lock["expires_at"])
+
+    def release_lock(self, model: str, *, context: Any, token: str = "") -> None:
         self._check("release_lock")
         lock = self.locks.get(model)
         if lock is None:
             return
-        if lock["token"] != token:
-            raise Conflict(f"lock of model {model!r} is held by {lock['holder']}, not with this token")
+        if not self._holds(lock, token, context):
+            raise Conflict(f"lock of model {model!r} is held by {lock['holder']}, not by this caller")
         del self.locks[model]
         self._write("release_lock", model, holder=lock["holder"], context=context)
 

@@ -125,4 +125,4 @@ def test_defaults() -> None:
         task_id="plan_release", model_name="{{ params.model_name }}", strategy="{{ params.strategy }}"
     )
     assert op.options == {} and op.execution_timeout == timedelta(minutes=1)
-    assert op.template_fields == ("model_name", "strategy", "options")
+    assert op.template_fields == ("model_name", "strategy", "options", "inputs")

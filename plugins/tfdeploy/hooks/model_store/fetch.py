@@ -29,6 +29,13 @@ def fetch_version(
     expected_manifest_sha256: str | None,
     durable: bool,
 ) -> Path:
+    if expected_manifest_sha256 is not None and not mf.is_sha256(expected_manifest_sha256):
+        raise ChecksumMismatch(
+            f"cannot verify {model} version {version}: the recorded manifest checksum is "
+            f"{expected_manifest_sha256!r}, not a sha256 (a registry record without one?). Nothing was fetched; "
+            "register the version with the manifest_sha256 its export reported, then retry",
+            path=MANIFEST_NAME,
+        )
     src = hook._require_version_dir(model, check_version(version))
     where = f"{src}/{MANIFEST_NAME}"
     data = hook.read_manifest_bytes(src, model, version)

@@ -16,7 +16,9 @@ Fetching downloads a version (in parallel) into a non-numeric local temp dir, ch
 and sha256 against the manifest while downloading, then renames it to ``<local_dir>/<version>``.
 
 Connection: the HDFS provider's ``webhdfs_default`` (``webhdfs://airflow@127.0.0.1:9870`` locally), used
-through ``WebHDFSHook(...).get_conn()``: one ``hdfs`` client, built lazily, used through its public methods.
+through the provider's ``WebHDFSHook`` with timeouts (``client.py``: extra ``timeout``, default 5 s to connect and
+60 s to answer): one ``hdfs`` client, built lazily, used through its public methods. Every public method raises
+``ModelStoreUnavailable`` naming the server when HDFS refuses or does not answer in time.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from tfdeploy.core.manifest import Manifest
 from tfdeploy.hooks.model_store import fetch as _fetch
 from tfdeploy.hooks.model_store import publish as _publish
-from tfdeploy.hooks.model_store.listing import ModelStoreBase
+from tfdeploy.hooks.model_store.listing import ModelStoreBase, hdfs_call
 
 
 class ModelStoreHook(ModelStoreBase):
@@ -37,10 +39,14 @@ class ModelStoreHook(ModelStoreBase):
     :param webhdfs_conn_id: the HDFS provider's Connection.
     :param base_path: the store's root directory on HDFS.
     :param max_workers: parallel uploads/downloads (at most requests' connection pool size).
+    :param timeout: (connect, read) seconds for every WebHDFS request; None: the Connection's extra ``timeout``
+        (a number or ``[connect, read]``), else 5 s and 60 s (``client.DEFAULT_TIMEOUT``). A server that does not
+        answer in time raises ``ModelStoreUnavailable`` naming it.
     """
 
     # Publish, fetch, cleanup -------------------------------------------------------------------------------
 
+    @hdfs_call
     def publish(
         self, local_dir: str | os.PathLike[str], model: str, version: int, *, manifest: Manifest | None = None
     ) -> _publish.PublishResult:
@@ -51,10 +57,12 @@ class ModelStoreHook(ModelStoreBase):
         """
         return _publish.publish_version(self, local_dir, model, version, manifest=manifest)
 
+    @hdfs_call
     def clean_stale_temp(self, model: str, *, older_than: timedelta = _publish.STALE_AFTER) -> list[str]:
         """Delete the model's leftover ``.tmp-*`` dirs whose newest entry is older than older_than."""
         return _publish.clean_stale_temp(self, model, older_than=older_than)
 
+    @hdfs_call
     def fetch(
         self,
         model: str,
@@ -74,11 +82,13 @@ class ModelStoreHook(ModelStoreBase):
             self, model, version, local_dir, expected_manifest_sha256=expected_manifest_sha256, durable=durable
         )
 
+    @hdfs_call
     def put_file(self, path: str, data: bytes) -> str:
         """Write ``data`` as the HDFS file ``path`` (any absolute path, not only under ``base_path``) atomically:
         a hidden temp name beside it, then rename2; never overwrites. Returns its ``webhdfs://`` URI."""
         return _publish.put_file(self, path, data)
 
+    @hdfs_call
     def download_tree(self, hdfs_path: str, local_dir: str | os.PathLike[str]) -> Path:
         """Download any HDFS directory (or file) into local_dir (absent or empty); returns local_dir."""
         return _fetch.download_tree(self, hdfs_path, local_dir)

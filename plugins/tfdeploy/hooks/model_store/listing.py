@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
+import functools
 import posixpath
+import threading
+from collections.abc import Callable
 from functools import cached_property
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
+import requests
 from airflow.sdk.bases.hook import BaseHook
 from hdfs import HdfsError
 from requests.adapters import DEFAULT_POOLSIZE
@@ -18,12 +22,41 @@ from tfdeploy.core import manifest as mf
 from tfdeploy.core.errors import ModelNotFound
 from tfdeploy.core.manifest import MANIFEST_NAME, Manifest, parse_manifest
 from tfdeploy.core.names import check_version, parse_version_dir, validate_model_name
+from tfdeploy.hooks.model_store.client import TimedWebHDFSHook, Timeout, parse_timeout, unavailable
 
 # The provider's client shares one requests.Session, whose pool keeps DEFAULT_POOLSIZE connections per
 # host: more threads than that would open and discard connections, and the pool is not ours to resize.
 MAX_WORKERS = DEFAULT_POOLSIZE
 
 Children = list[tuple[str, dict[str, Any]]]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Hook = TypeVar("_Hook", bound="ModelStoreBase")
+
+
+def hdfs_call(method: Callable[Concatenate[_Hook, _P], _R]) -> Callable[Concatenate[_Hook, _P], _R]:
+    """A public method of the store: an HDFS server that refuses, resets or does not answer within the timeout
+    raises :class:`ModelStoreUnavailable` naming it (the requests error is its cause)."""
+
+    @functools.wraps(method)
+    def call(self: _Hook, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        depth = getattr(_calls, "depth", 0)  # the outermost call names what was being done
+        _calls.depth = depth + 1
+        try:
+            return method(self, *args, **kwargs)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            if depth:
+                raise
+            doing = method.__name__.strip("_").replace("_", " ")
+            raise unavailable(exc, conn_id=self.webhdfs_conn_id, timeout=self.timeout, doing=doing) from exc
+        finally:
+            _calls.depth = depth
+
+    return call
+
+
+_calls = threading.local()
 
 
 class ModelStoreBase(BaseHook):
@@ -35,7 +68,12 @@ class ModelStoreBase(BaseHook):
     hook_name = "tfdeploy model store (HDFS)"
 
     def __init__(
-        self, webhdfs_conn_id: str = default_conn_name, *, base_path: str = "/models", max_workers: int = 8
+        self,
+        webhdfs_conn_id: str = default_conn_name,
+        *,
+        base_path: str = "/models",
+        max_workers: int = 8,
+        timeout: float | Timeout | None = None,
     ) -> None:
         super().__init__()
         if not base_path.startswith("/"):
@@ -48,15 +86,22 @@ class ModelStoreBase(BaseHook):
         self.webhdfs_conn_id = webhdfs_conn_id
         self.base_path = base_path.rstrip("/") or "/"
         self.max_workers = max_workers
+        self._timeout = None if timeout is None else parse_timeout(timeout, conn_id=webhdfs_conn_id)
 
     # The one client ----------------------------------------------------------------------------------------
 
     @cached_property
-    def client(self) -> Any:
-        """The HDFS provider's client (``hdfs.InsecureClient``, or ``KerberosClient``), built on first use."""
-        from airflow.providers.apache.hdfs.hooks.webhdfs import WebHDFSHook
+    def timeout(self) -> Timeout:
+        """(connect, read) seconds of every WebHDFS request: the hook's, else the Connection's, else the default."""
+        if self._timeout is not None:
+            return self._timeout
+        return parse_timeout(self.connection.extra_dejson.get("timeout"), conn_id=self.webhdfs_conn_id)
 
-        return WebHDFSHook(webhdfs_conn_id=self.webhdfs_conn_id).get_conn()
+    @cached_property
+    def client(self) -> Any:
+        """The HDFS provider's client (``hdfs.InsecureClient``, or ``KerberosClient``) with :attr:`timeout` on every
+        request, built on first use (``client.TimedWebHDFSHook``); ModelStoreUnavailable if no NameNode answers."""
+        return TimedWebHDFSHook(self.webhdfs_conn_id, timeout=self.timeout).get_conn()
 
     def get_conn(self) -> Any:
         return self.client
@@ -88,6 +133,7 @@ class ModelStoreBase(BaseHook):
 
     # Listing -----------------------------------------------------------------------------------------------
 
+    @hdfs_call
     def children(self, path: str) -> Children | None:
         """(name, FileStatus) of a directory's children; None if it does not exist."""
         try:
@@ -114,9 +160,11 @@ class ModelStoreBase(BaseHook):
                 found[version] = f"{model_dir}/{name}"
         return found
 
+    @hdfs_call
     def versions(self, model: str) -> list[int]:
         return sorted(self._version_dirs(model))
 
+    @hdfs_call
     def next_version(self, model: str) -> int:
         versions = self.versions(model)
         return versions[-1] + 1 if versions else 1
@@ -136,6 +184,7 @@ class ModelStoreBase(BaseHook):
             )
         return path
 
+    @hdfs_call
     def walk_listing(self, root: str) -> dict[str, tuple[str, int]]:
         """{relpath: (FILE|DIRECTORY, length)} of everything under root, one LISTSTATUS per directory."""
         listing: dict[str, tuple[str, int]] = {}
@@ -148,6 +197,7 @@ class ModelStoreBase(BaseHook):
 
     # Manifests ---------------------------------------------------------------------------------------------
 
+    @hdfs_call
     def read_manifest_bytes(self, version_path: str, model: str, version: int) -> bytes:
         """The stored manifest of the version in ``version_path``, as bytes; ModelNotFound if it has none."""
         path = f"{version_path}/{MANIFEST_NAME}"
@@ -165,11 +215,13 @@ class ModelStoreBase(BaseHook):
             raise
         return data
 
+    @hdfs_call
     def read_manifest(self, model: str, version: int) -> Manifest:
         path = self._require_version_dir(model, version)
         data = self.read_manifest_bytes(path, model, version)
         return parse_manifest(data, where=f"{path}/{MANIFEST_NAME}")
 
+    @hdfs_call
     def find_version(self, model: str, manifest_sha256: str) -> int | None:
         """The version whose stored manifest has this sha256 (newest first), or None.
 
@@ -187,6 +239,7 @@ class ModelStoreBase(BaseHook):
                 return version
         return None
 
+    @hdfs_call
     def delete_version(self, model: str, version: int) -> bool:
         """Delete a version recursively (tests and cleanup only: versions are otherwise immutable)."""
         path = self._existing_version_dir(model, version)

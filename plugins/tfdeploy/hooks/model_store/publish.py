@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 # A temp dir whose newest entry is older than this was left by a crashed publisher (keep it above the
 # longest single-file upload: a file being uploaded shows its time only when it is closed).
 STALE_AFTER = timedelta(hours=24)
-# (connect, read) seconds for the WebHDFS calls made here with requests.
-HTTP_TIMEOUT = (10.0, 120.0)
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,7 @@ def _stage(hook: ModelStoreBase, root: Path, tmp: str, manifest: Manifest, data:
                 yield chunk
 
         try:
-            with open(src, "rb") as fh:
+            with mf.open_in_tree(root, rel) as fh:
                 client.write(f"{tmp}/{rel}", data=chunks(fh), overwrite=False)
         except OSError as exc:
             raise PublishError(
@@ -199,7 +197,7 @@ def rename2(hook: ModelStoreBase, src: str, dst: str) -> bool:
         },
         auth=(conn.login, conn.password) if conn.password else None,
         verify=conn.extra_dejson.get("verify", False) if base.startswith("https:") else True,
-        timeout=HTTP_TIMEOUT,
+        timeout=hook.timeout,
     )
     body: Any = None
     if response.content:
