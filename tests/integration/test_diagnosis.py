@@ -230,7 +230,7 @@ def test_model_diagnose_dag_stores_a_bundle_and_records_it_in_the_history(settin
             manifest_sha256="0" * 64,
             source=str(HP_VERSION),
             reason="test_diagnosis: staged by hand",
-            context={"actor": "test_diagnosis", "interface": "rest_api"},
+            context={"interface": "rest_api"},
         )
     airflow.wait_for_dag("model_diagnose", timeout=120)
     airflow.unpause("model_diagnose")

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any
 
-from tfdeploy.core.errors import Conflict, LeaseLost, RegistryError
+from tfdeploy.core.errors import Conflict, LeaseLost, LockHeld, RegistryError
 from tfdeploy.hooks.registry import RegistryHook
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,23 @@ class LeaseHeartbeat:
         self._thread = threading.Thread(target=self._run, name=f"lease-{model}", daemon=True)
 
     def start(self) -> LeaseHeartbeat:
-        self.renew()  # the first renewal in the step's own thread: a lost lease fails the step before it starts
+        """Renew before the step starts; a lease this run no longer has (released at the end of the run, then its
+        tasks cleared for a rerun from the UI; or expired while nobody took it) is taken again if it is free.
+        Held by another run: LeaseLost, before the step changes anything."""
+        self.renew()
         if self.lost:
-            raise LeaseLost(self.lost)
+            try:
+                self.registry.acquire_lock(
+                    self.model,
+                    holder=f"{self.lineage['dagId']}/{self.lineage['runId']}",
+                    run_id=self.lineage["runId"],
+                    ttl_seconds=self.lease_seconds,
+                    context=self.lineage,
+                )
+            except LockHeld:
+                raise LeaseLost(self.lost) from None
+            log.warning("the deployment lease of %s was no longer this run's and was free: taken again", self.model)
+            self.lost = None
         self._thread.start()
         return self
 

@@ -320,25 +320,19 @@ def _actor_for(ctx: Context, who: Principal, run_lookup: RunLookup | None) -> Ac
     The service token acts for a run: the run must exist in Airflow, and its triggering user (or the scheduler)
     is the actor. A person is the actor; the run fields they send are not recorded (they could name any run)."""
     if who.kind == "service":
-        if not ctx.run_id or run_lookup is None:
-            return Actor(
-                actor=who.name,
-                principal=who.name,
-                interface=ctx.interface,
-                dag_id=ctx.dag_id,
-                run_id=ctx.run_id,
-                task_id=ctx.task_id,
-            )
-        run = run_lookup(ctx.dag_id, ctx.run_id)
-        if run is None:
-            raise InvalidRequest(
-                f"run {ctx.run_id!r} of DAG {ctx.dag_id!r} does not exist in Airflow: the service token records "
-                "changes only for the pipeline's own runs"
-            )
+        actor, interface = who.name, ctx.interface
+        if ctx.run_id and run_lookup is not None:
+            run = run_lookup(ctx.dag_id, ctx.run_id)
+            if run is None:
+                raise InvalidRequest(
+                    f"run {ctx.run_id!r} of DAG {ctx.dag_id!r} does not exist in Airflow: the service token records "
+                    "changes only for the pipeline's own runs"
+                )
+            actor, interface = run["user"], run["interface"]
         return Actor(
-            actor=run["user"],
+            actor=actor,
             principal=who.name,
-            interface=run["interface"],
+            interface=interface,
             dag_id=ctx.dag_id,
             run_id=ctx.run_id,
             task_id=ctx.task_id,

@@ -240,3 +240,13 @@ def test_a_step_of_a_run_without_the_lease_does_not_renew(registry: FakeRegistry
     op.pre_execute(make_context("register"))
     op.post_execute(make_context("register"))
     assert registry.writes_of("renew_lock") == []
+
+
+def test_a_rerun_after_the_run_released_its_lease_takes_it_again_when_free(registry: FakeRegistry) -> None:
+    """A finished run's tasks cleared from the UI: the lease was released at the end; the rerun's first step takes
+    it again (nobody else holds it) instead of failing or going on without it."""
+    beat = LeaseHeartbeat(registry, MODEL, lineage_of(), lease_seconds=60).start()  # type: ignore[arg-type]
+    beat.stop()
+
+    assert registry.locks[MODEL]["run_id"] == RUN
+    assert [w.method for w in registry.writes if w.method in ("renew_lock", "acquire_lock")] == ["acquire_lock"]
