@@ -9,7 +9,8 @@ DEV := TFDEPLOY_STACK=dev
 TEST := TFDEPLOY_STACK=test
 PYTEST_ARGS ?=
 
-.PHONY: help setup up down status test-status demo test test-unit test-integration lint images serving-image diagnose
+.PHONY: help setup up down status test-status demo test test-unit test-integration lint images serving-image diagnose \
+	compose-up compose-down compose-demo compose-status test-compose
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -17,7 +18,7 @@ help:  ## list the targets
 setup:  ## install everything (Debian packages, venv, Hadoop jars, Docker engine, images); fast when done
 	@./include/scripts/setup.sh
 
-up: setup  ## start HDFS, the Docker engine, PostgreSQL, the router, Prometheus, Alertmanager and Airflow on 127.0.0.1 (your stack), waiting until each is ready
+up: setup  ## start HDFS, the Docker engine, PostgreSQL, Redis, the router, Prometheus, Alertmanager and Airflow (CeleryExecutor, two workers) on 127.0.0.1 (your stack), waiting until each is ready
 	@$(DEV) $(STACK) up
 
 down:  ## stop every service this checkout started (your stack and the test stack), by PID
@@ -57,3 +58,22 @@ images: setup  ## (re)build the locally built Docker images
 
 serving-image: setup  ## build the TF-Serving-compatible image as local/tfserving-compat:latest
 	@./include/scripts/build_images.sh
+
+# The whole stack on docker-compose (docker-compose.yml, README "Topology: docker-compose"): its own project
+# (tfdeploy-compose), state (.state-compose/: the env file of secrets) and ports (28080...), beside your stack.
+COMPOSE := $(PY) include/scripts/compose_stack.py
+
+compose-up: setup  ## build the compose stack's images (as needed), start it (docker-compose up -d), wait until healthy, print where to look
+	@$(COMPOSE) up
+
+compose-down:  ## stop and remove the compose stack's containers (its volumes stay; `compose_stack.py down --volumes` removes them)
+	@py=$(PY); [ -x $$py ] || py=python3; $$py include/scripts/compose_stack.py down
+
+compose-status:  ## each compose service's health
+	@$(COMPOSE) status
+
+compose-demo: compose-up  ## deploy the example model (two versions) through the compose stack's REST API, print where to look
+	@$(COMPOSE) demo
+
+test-compose: setup  ## the compose smoke test (its own project and ports): bring up, deploy, promote, tear down
+	@$(PY) -m pytest tests/compose $(PYTEST_ARGS)

@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -404,9 +403,8 @@ def swap(model: str, version: int, variant: Path) -> dict:
     started = time.time()
     service.change(model, lambda _e: None)
     unloaded = time.time()
-    staged = service.host.version_dir(model, version)
-    shutil.rmtree(staged, ignore_errors=True)
-    shutil.copytree(variant / "saved_model", staged)
+    for host in service.hosts:  # the change above removed the staged copies: stage the other model's files
+        host.stage_version(variant / "saved_model", model, version)
     service.change(model, lambda _e: ServedModel(model, entry.base_path, (version,), {"stable": version}))
     return {"started": started, "unloaded_s": round(unloaded - started, 2), "seconds": round(time.time() - started, 2)}
 

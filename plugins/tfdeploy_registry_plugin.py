@@ -242,14 +242,15 @@ def replica_logs(model: str, lines: int, *, redactor: Redactor | None = None) ->
         except Exception as exc:  # noqa: BLE001 - the pool's Connection is unusable: say so, go on
             out[f"{target.container_name} ({pool} pool)"] = [redact(f"(replicas unknown: {type(exc).__name__}: {exc})")]
             continue
-        host = ServingHostHook(
-            target.serving_host_conn_id, model_root=target.model_root, docker_timeout=DOCKER_TIMEOUT_S
-        )
+        hosts = {
+            conn: ServingHostHook(conn, model_root=target.model_root, docker_timeout=DOCKER_TIMEOUT_S)
+            for conn in target.hosts
+        }
         try:
             for replica in range(count):
                 name = target.container(replica)
                 try:
-                    text = host.server_logs(name, tail=max(lines, LOG_SCAN_LINES))
+                    text = hosts[target.host_conn_id(replica)].server_logs(name, tail=max(lines, LOG_SCAN_LINES))
                 except ServerNotFound:
                     out[name] = [f"(no container {name}: this {pool} replica is not running)"]
                     continue
@@ -258,7 +259,8 @@ def replica_logs(model: str, lines: int, *, redactor: Redactor | None = None) ->
                     continue
                 out[name] = [redact(line) for line in pick_lines(text, model, lines)]
         finally:
-            host.close()
+            for host in hosts.values():
+                host.close()
     return out
 
 

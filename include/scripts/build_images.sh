@@ -49,3 +49,22 @@ build "${SERVING_IMAGE_TAG:-local/tfserving-compat:latest}" include/images/tfser
 # The sandbox where model code runs (validation, .keras export, warmup): the server image's TensorFlow plus the
 # sandbox package (include/tfdeploy_sandbox); SANDBOX_IMAGE names it for the pipeline.
 build "${SANDBOX_IMAGE_TAG:-local/tfdeploy-sandbox:latest}" include/images/sandbox include/tfdeploy_sandbox
+
+# The compose stack's images (docker-compose.yml, README "Topology: docker-compose"), only when asked:
+# `build_images.sh compose` (make compose-up). Each is local/tfdeploy-<name>, from include/images/<name>.
+if [ "${1:-}" = compose ]; then
+  # Airflow: the project's requirements (pinned by constraints.txt) and its DAGs, plugins and include/
+  build local/tfdeploy-airflow:latest include/images/airflow \
+    requirements.txt requirements-nodeps.txt constraints.txt dags plugins include
+  # HDFS: the Hadoop jars `make setup` fetched from Maven Central (that cache is the build context: no download)
+  hadoop_lib="$CACHE/hadoop-$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' include/hadoop/pom.xml)/lib"
+  if [ ! -f "$hadoop_lib/.complete" ]; then
+    log "no Hadoop jars at $hadoop_lib: run make setup first"
+    exit 1
+  fi
+  build local/tfdeploy-hadoop:latest include/images/hadoop "$hadoop_lib"
+  # Debian's packages: the broker, the databases' server, the router, the monitoring, the serving host's engine
+  for name in redis postgres haproxy prometheus alertmanager docker-host; do
+    build "local/tfdeploy-$name:latest" "include/images/$name"
+  done
+fi

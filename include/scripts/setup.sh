@@ -3,8 +3,8 @@
 # Fast when nothing changed: every slow step is keyed by a hash of its inputs and cached outside the
 # clone ($TFDEPLOY_CACHE_DIR, default ~/.cache/tfdeploy; Maven's ~/.m2; Docker's own image store).
 #   1. Debian packages (docker.io, debootstrap, haproxy (the router), prometheus and prometheus-alertmanager (the
-#      monitoring), libkrb5-dev for the HDFS provider's kerberos extra, postgresql, acl) and the unprivileged system
-#      user the stack's PostgreSQL runs as
+#      monitoring), redis-server (Airflow's Celery broker), libkrb5-dev for the HDFS provider's kerberos extra,
+#      postgresql, acl) and the unprivileged system user the stack's PostgreSQL runs as
 #   2. the Python venv from requirements*.txt + constraints.txt, linked at .venv
 #   3. Hadoop jars from Maven Central (include/hadoop/pom.xml)
 #   4. the Docker engine (started if none answers) and the locally built images
@@ -22,9 +22,11 @@ t0=$(date +%s)
 # runs its own server from $TFDEPLOY_STATE_DIR/postgres on POSTGRES_PORT (5433). acl: setfacl, with which
 # stack.py lets that server's user traverse a state dir's closed parent (e.g. a `mktemp -d` CI dir).
 need=()
-# prometheus, prometheus-alertmanager: only their binaries are used (stack.py runs its own on 127.0.0.1, config and
-# data in the state dir); the packaged daemons (Debian's config, 0.0.0.0:9090/9093) must not run: see below.
-for pkg in docker.io debootstrap libkrb5-dev postgresql acl chromium haproxy prometheus prometheus-alertmanager; do
+# prometheus, prometheus-alertmanager, redis-server: only their binaries are used (stack.py runs its own on 127.0.0.1,
+# config and data in the state dir); the packaged daemons (Debian's config, :9090/:9093/:6379) must not run: see below.
+# docker-compose: Debian's 1.29 runs docker-compose.yml (`make compose-up`; README "Topology: docker-compose").
+for pkg in docker.io debootstrap libkrb5-dev postgresql acl chromium haproxy prometheus prometheus-alertmanager \
+           redis-server docker-compose; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
@@ -34,10 +36,10 @@ if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # Where a service manager runs, installing prometheus/prometheus-alertmanager starts Debian's daemons (they would
-  # take the dev stack's ports): stop them and keep them from starting at boot. Without one (no systemd,
-  # policy-rc.d) nothing started.
-  for svc in prometheus prometheus-alertmanager; do
+  # Where a service manager runs, installing prometheus/prometheus-alertmanager/redis-server starts Debian's daemons
+  # (they would take the dev stack's ports, or run a second, unused broker): stop them and keep them from starting at
+  # boot. Without one (no systemd, policy-rc.d) nothing started.
+  for svc in prometheus prometheus-alertmanager redis-server; do
     [[ " ${need[*]} " == *" $svc "* ]] || continue
     if [ -d /run/systemd/system ]; then
       $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
@@ -50,6 +52,10 @@ fi
 if pgrep -u prometheus >/dev/null 2>&1; then
   log "warning: Debian's packaged prometheus/alertmanager daemon runs (user prometheus); the stack runs its own:" \
       "stop it (systemctl disable --now prometheus prometheus-alertmanager) if its ports clash"
+fi
+if pgrep -u redis -x redis-server >/dev/null 2>&1; then
+  log "warning: Debian's packaged redis-server runs (user redis, :6379); the stack runs its own broker on REDIS_PORT:" \
+      "stop it (systemctl disable --now redis-server) if nothing else uses it"
 fi
 # PostgreSQL refuses to run as root: stack.py runs initdb and the server as this system user.
 PG_OS_USER=${POSTGRES_OS_USER:-tfdeploy-pg}

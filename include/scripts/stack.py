@@ -1,5 +1,5 @@
-"""Start, stop and report the local stack: HDFS (NameNode + DataNode), dockerd, PostgreSQL, the router (HAProxy),
-Prometheus and Alertmanager, Airflow.
+"""Start, stop and report the local stack: HDFS (NameNode + DataNode), dockerd, PostgreSQL, Redis (the Celery broker),
+the router (HAProxy), Prometheus and Alertmanager, Airflow (CeleryExecutor: two Celery workers).
 
 Every service binds 127.0.0.1, logs to ``$TFDEPLOY_STATE_DIR/logs/<name>.log``, records its PID in
 ``$TFDEPLOY_STATE_DIR/run/<name>.pid`` and is stopped by that PID (its whole process tree).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import pwd
@@ -23,20 +24,27 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
 
+from tfdeploy.core.placement import replica_host  # noqa: E402
 from tfdeploy.settings import (  # noqa: E402
+    AIRFLOW_DB,
+    AIRFLOW_DB_PASSWORD_SECRET,
     AIRFLOW_PASSWORD_SECRET,
     POSTGRES_PASSWORD_SECRET,
     PROJECT_ROOT,
+    REDIS_PASSWORD_SECRET,
     REGISTRY_DB,
     REGISTRY_TEST_DB,
     STACK_PROFILES,
+    WORKER_NAME_VAR,
     Settings,
     get_settings,
     settings_for,
@@ -55,13 +63,17 @@ JAVA_OPENS = [
     "--add-opens=java.base/sun.security.action=ALL-UNNAMED",
 ]
 
-AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# Airflow's processes, started in this order (`airflow <component>`, log and PID file airflow-<component>); the
+# Celery workers are `airflow celery worker` processes (CELERY_WORKERS), each its own Celery node (celery_node).
+CELERY_WORKERS = ("worker1", "worker2")
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", *CELERY_WORKERS)
 
 # Processes that shut their own children down: `down` signals only the recorded PID, with this signal, then
 # waits for the whole tree. PostgreSQL: SIGINT is "fast shutdown" (clients disconnected, checkpoint, exit);
 # SIGTERM is "smart shutdown", which waits for every client to leave, and signalling the postmaster's
 # children directly would look like a crash to it. Every other process gets SIGTERM, whole tree at once.
-STOP_SIGNALS: dict[str, signal.Signals] = {"postgres": signal.SIGINT}
+# The second Docker host's dockerd stops its containerd and containers itself on SIGTERM.
+STOP_SIGNALS: dict[str, signal.Signals] = {"postgres": signal.SIGINT, "docker2": signal.SIGTERM}
 
 
 class StackError(RuntimeError):
@@ -219,45 +231,107 @@ def _require_free(s: Settings, name: str, port: int) -> None:
 
 # ----------------------------------------------------------------------------- HDFS
 
+NAMENODE_MAIN = "org.apache.hadoop.hdfs.server.namenode.NameNode"
+DATANODE_MAIN = "org.apache.hadoop.hdfs.server.datanode.DataNode"
+# Every block on two DataNodes (README "HDFS"): one may die without losing or hiding a version.
+HDFS_REPLICATION = 2
+# The DataNodes' process names (PID file, log, conf dir); the first keeps a one-DataNode state dir's name.
+DATANODE_NAMES = ("hdfs-datanode", "hdfs-datanode-2")
+
+
+@dataclass(frozen=True)
+class DataNode:
+    """One DataNode of the local HDFS: its process name, data directory and ports (all on 127.0.0.1)."""
+
+    name: str
+    data_dir: Path
+    port: int
+    http_port: int
+    ipc_port: int
+
+    @property
+    def xfer_address(self) -> str:
+        """How the NameNode names it (``dfs.datanode.address``; the key of the NameNode's ``LiveNodes``)."""
+        return f"127.0.0.1:{self.port}"
+
+
+def datanodes(s: Settings) -> list[DataNode]:
+    """The stack's DataNodes; the first keeps the data dir of a state dir from before (``hdfs/data``)."""
+    return [
+        DataNode(DATANODE_NAMES[0], s.hdfs_home / "data", s.datanode_port, s.datanode_http_port, s.datanode_ipc_port),
+        DataNode(
+            DATANODE_NAMES[1], s.hdfs_home / "data-2", s.datanode2_port, s.datanode2_http_port, s.datanode2_ipc_port
+        ),
+    ]
+
+
+def datanode(s: Settings, name: str) -> DataNode:
+    found = {dn.name: dn for dn in datanodes(s)}
+    if name not in found:
+        raise ValueError(f"no DataNode named {name!r}; one of: {', '.join(found)}")
+    return found[name]
+
+
+def hdfs_superuser() -> str:
+    """HDFS' superuser: the user the NameNode runs as (whoever runs stack.py); simple auth trusts the name."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
 
 def _xml(props: dict[str, str]) -> str:
     rows = "\n".join(f"  <property><name>{k}</name><value>{v}</value></property>" for k, v in props.items())
     return f'<?xml version="1.0"?>\n<configuration>\n{rows}\n</configuration>\n'
 
 
-def write_hadoop_conf(s: Settings) -> Path:
-    conf = s.hdfs_home / "conf"
+def hdfs_site(s: Settings) -> dict[str, str]:
+    """hdfs-site.xml of the NameNode and of clients (each DataNode adds its own directory and ports)."""
+    return {
+        "dfs.namenode.name.dir": f"file://{s.hdfs_home / 'name'}",
+        "dfs.namenode.rpc-address": f"127.0.0.1:{s.namenode_rpc_port}",
+        "dfs.namenode.http-address": f"127.0.0.1:{s.webhdfs_port}",
+        "dfs.namenode.safemode.extension": "0",
+        "dfs.namenode.datanode.registration.ip-hostname-check": "false",
+        "dfs.webhdfs.enabled": "true",
+        "dfs.datanode.hostname": "127.0.0.1",
+        # Two replicas of every block; a write needs one (replication.min) to complete, so it survives a dead
+        # DataNode, and the NameNode re-replicates the block once a second DataNode is live again.
+        "dfs.replication": str(HDFS_REPLICATION),
+        "dfs.namenode.replication.min": "1",
+        # The DataNode that serves a WebHDFS upload writes the block pipeline with its own DFSClient, which
+        # reads these. When a DataNode of the pipeline dies the client drops it and goes on with the rest; it
+        # never asks for a replacement (there is no spare among two DataNodes: Hadoop's DEFAULT policy asks only
+        # from replication 3, ALWAYS would fail the write) and, should a replacement ever be asked for and
+        # fail, best-effort keeps writing rather than failing the upload.
+        "dfs.client.block.write.replace-datanode-on-failure.enable": "true",
+        "dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
+        "dfs.client.block.write.replace-datanode-on-failure.best-effort": "true",
+        # Heartbeats every second; a DataNode silent for 3 s is stale: the NameNode stops sending writes and
+        # reads (WebHDFS redirects, pipelines) to it then, long before it declares it dead
+        # (2 x recheck-interval + 10 x heartbeat = 30 s).
+        "dfs.heartbeat.interval": "1",
+        "dfs.namenode.heartbeat.recheck-interval": "10000",
+        "dfs.namenode.stale.datanode.interval": "3000",
+        "dfs.namenode.avoid.write.stale.datanode": "true",
+        "dfs.namenode.avoid.read.stale.datanode": "true",
+        # A copy the NameNode ordered to a DataNode that had just died (before it was stale) is ordered again
+        # after this many seconds (default 300): so a restarted DataNode gets its second replicas within ~30 s.
+        "dfs.namenode.reconstruction.pending.timeout-sec": "15",
+    }
+
+
+def _datanode_site(s: Settings, dn: DataNode) -> dict[str, str]:
+    return {
+        **hdfs_site(s),
+        "dfs.datanode.data.dir": f"file://{dn.data_dir}",
+        "dfs.datanode.address": dn.xfer_address,
+        "dfs.datanode.http.address": f"127.0.0.1:{dn.http_port}",
+        "dfs.datanode.ipc.address": f"127.0.0.1:{dn.ipc_port}",
+    }
+
+
+def _write_conf_dir(conf: Path, core: dict[str, str], hdfs: dict[str, str]) -> Path:
     conf.mkdir(parents=True, exist_ok=True)
-    (conf / "core-site.xml").write_text(
-        _xml(
-            {
-                "fs.defaultFS": f"hdfs://127.0.0.1:{s.namenode_rpc_port}",
-                "hadoop.security.authentication": "simple",
-                "hadoop.tmp.dir": str(s.hdfs_home / "tmp"),
-                "hadoop.http.staticuser.user": s.hdfs_user,
-            }
-        )
-    )
-    (conf / "hdfs-site.xml").write_text(
-        _xml(
-            {
-                "dfs.namenode.name.dir": f"file://{s.hdfs_home / 'name'}",
-                "dfs.datanode.data.dir": f"file://{s.hdfs_home / 'data'}",
-                "dfs.replication": "1",
-                "dfs.namenode.rpc-address": f"127.0.0.1:{s.namenode_rpc_port}",
-                "dfs.namenode.http-address": f"127.0.0.1:{s.webhdfs_port}",
-                "dfs.namenode.safemode.extension": "0",
-                "dfs.namenode.datanode.registration.ip-hostname-check": "false",
-                "dfs.webhdfs.enabled": "true",
-                "dfs.datanode.hostname": "127.0.0.1",
-                "dfs.datanode.address": f"127.0.0.1:{s.datanode_port}",
-                "dfs.datanode.http.address": f"127.0.0.1:{s.datanode_http_port}",
-                "dfs.datanode.ipc.address": f"127.0.0.1:{s.datanode_ipc_port}",
-                "dfs.heartbeat.interval": "1",
-                "dfs.namenode.heartbeat.recheck-interval": "10000",
-            }
-        )
-    )
+    (conf / "core-site.xml").write_text(_xml(core))
+    (conf / "hdfs-site.xml").write_text(_xml(hdfs))
     (conf / "log4j.properties").write_text(
         "log4j.rootLogger=INFO,console\n"
         "log4j.appender.console=org.apache.log4j.ConsoleAppender\n"
@@ -265,6 +339,25 @@ def write_hadoop_conf(s: Settings) -> Path:
         "log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %p %c{2}: %m%n\n"
     )
     return conf
+
+
+def write_hadoop_conf(s: Settings) -> Path:
+    """The NameNode's (and clients') conf dir, ``hdfs/conf``; each DataNode's is ``hdfs/conf/<its name>``."""
+    conf = s.hdfs_home / "conf"
+    core = {
+        "fs.defaultFS": f"hdfs://127.0.0.1:{s.namenode_rpc_port}",
+        "hadoop.security.authentication": "simple",
+        "hadoop.tmp.dir": str(s.hdfs_home / "tmp"),
+        "hadoop.http.staticuser.user": s.hdfs_user,
+    }
+    _write_conf_dir(conf, core, hdfs_site(s))
+    for dn in datanodes(s):
+        _write_conf_dir(conf / dn.name, core, _datanode_site(s, dn))
+    return conf
+
+
+def _conf_digest(conf: Path) -> str:
+    return hashlib.sha256(b"".join((conf / f).read_bytes() for f in ("core-site.xml", "hdfs-site.xml"))).hexdigest()
 
 
 def _java_cmd(s: Settings, conf: Path, main: str, *args: str) -> list[str]:
@@ -284,10 +377,61 @@ def _java_cmd(s: Settings, conf: Path, main: str, *args: str) -> list[str]:
     ]
 
 
-def _namenode_state(s: Settings) -> dict:
-    data = _http_json(f"{s.webhdfs_url}/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState")
-    assert isinstance(data, dict)
+def _hadoop_daemon(s: Settings, name: str, conf: Path) -> int | None:
+    """The running daemon's PID, or None if it is not running. One started with other settings than ``conf``
+    holds now (or by a stack.py from before that recorded none) is stopped first, so it gets them."""
+    pid = running_pid(s, name)
+    record = s.run_dir / f"{name}.conf-sha256"
+    if pid is not None and (not record.exists() or record.read_text() != _conf_digest(conf)):
+        print(f"[stack] {name}: its settings changed; restarting it", file=sys.stderr)
+        stop_service(s, name)
+        pid = None
+    return pid
+
+
+def _spawn_hadoop(s: Settings, name: str, conf: Path, main: str) -> int:
+    pid = _spawn(s, name, _java_cmd(s, conf, main), {**os.environ, "HADOOP_CONF_DIR": str(conf)})
+    (s.run_dir / f"{name}.conf-sha256").write_text(_conf_digest(conf))
+    return pid
+
+
+def _jmx(url: str, query: str) -> dict:
+    data = _http_json(f"{url}/jmx?qry={query}")
+    assert isinstance(data, dict) and data.get("beans"), f"no {query} bean at {url}"
     return data["beans"][0]
+
+
+def _namenode_state(s: Settings) -> dict:
+    return _jmx(s.webhdfs_url, "Hadoop:service=NameNode,name=FSNamesystemState")
+
+
+def namenode_live_nodes(s: Settings) -> dict[str, dict]:
+    """The NameNode's live DataNodes by transfer address (``127.0.0.1:<port>``), each with ``lastContact`` (s)."""
+    live = json.loads(_jmx(s.webhdfs_url, "Hadoop:service=NameNode,name=NameNodeInfo")["LiveNodes"])
+    return {node["xferaddr"]: node for node in live.values()}
+
+
+def datanode_serving(s: Settings, dn: DataNode) -> bool:
+    """The DataNode process answers, has registered with the NameNode and heartbeats: the DataNode itself
+    says so (so a killed one's entry, live at the NameNode for 30 s, does not count), and the NameNode
+    heard from it within 3 s."""
+    info = _jmx(f"http://127.0.0.1:{dn.http_port}", "Hadoop:service=DataNode,name=DataNodeInfo")
+    actors = json.loads(info.get("BPServiceActorInfo") or "[]")
+    if not any(a.get("ActorState") == "RUNNING" and int(a.get("LastHeartbeat", 99)) <= 3 for a in actors):
+        return False
+    node = namenode_live_nodes(s).get(dn.xfer_address)
+    return node is not None and int(node.get("lastContact", 99)) <= 3
+
+
+def hdfs_fsck(s: Settings, path: str = "/", *, blocks: bool = False) -> str:
+    """The NameNode's fsck report of ``path`` (its ``/fsck`` servlet, as the superuser): ends with "The
+    filesystem under path '<path>' is HEALTHY" (or CORRUPT); ``blocks`` lists each file's blocks with their
+    live replicas (``Live_repl=2``) and DataNodes."""
+    query = urllib.parse.urlencode(
+        {"ugi": hdfs_superuser(), "path": path, **({"files": 1, "blocks": 1, "locations": 1} if blocks else {})}
+    )
+    with urllib.request.urlopen(f"{s.webhdfs_url}/fsck?{query}", timeout=60) as resp:
+        return resp.read().decode()
 
 
 def _webhdfs(s: Settings, method: str, path: str, op: str, user: str, **params: str) -> urllib.request.Request:
@@ -327,19 +471,48 @@ def _hdfs_bootstrap_dirs(s: Settings) -> None:
         urllib.request.urlopen(_webhdfs(s, "PUT", path, "SETPERMISSION", "root", permission=perm), timeout=5)
 
 
+def _hdfs_set_replication(s: Settings, conf: Path) -> None:
+    """Files written before the stack had HDFS_REPLICATION DataNodes keep the replication they were written
+    with: raise it once (`hdfs dfs -setrep -R`, Hadoop's own shell); the NameNode then copies their blocks to
+    the new DataNode in the background. ``hdfs/replication`` records that it was done."""
+    marker = s.hdfs_home / "replication"
+    if marker.exists() and marker.read_text().strip() == str(HDFS_REPLICATION):
+        return
+    log = _log_file(s, "hdfs-setrep")
+    cmd = _java_cmd(s, conf, "org.apache.hadoop.fs.FsShell", "-setrep", "-R", str(HDFS_REPLICATION), "/")
+    env = {**os.environ, "HADOOP_CONF_DIR": str(conf), "HADOOP_USER_NAME": hdfs_superuser()}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise StackError(f"raising the replication of existing files to {HDFS_REPLICATION} failed; see {log}")
+    marker.write_text(f"{HDFS_REPLICATION}\n")
+
+
+def up_datanode(s: Settings, name: str, timeout: float = 120) -> int:
+    """Start one DataNode (``hdfs-datanode``, ``hdfs-datanode-2``) unless it runs, and wait until it serves:
+    registered with the NameNode and heartbeating. Returns its PID. Tests restart a DataNode they killed with it."""
+    dn = datanode(s, name)
+    conf = write_hadoop_conf(s) / dn.name
+    pid = _hadoop_daemon(s, dn.name, conf)
+    if pid is None:
+        for port in (dn.port, dn.http_port, dn.ipc_port):
+            _require_free(s, f"the DataNode {dn.name}", port)
+        pid = _spawn_hadoop(s, dn.name, conf, DATANODE_MAIN)
+    _wait(f"HDFS DataNode {dn.name}", lambda: datanode_serving(s, dn), timeout, _log_file(s, dn.name), pid)
+    return pid
+
+
 def up_hdfs(s: Settings) -> None:
     conf = write_hadoop_conf(s)
-    env = {**os.environ, "HADOOP_CONF_DIR": str(conf)}
-    nn_pid = running_pid(s, "hdfs-namenode")
+    nn_pid = _hadoop_daemon(s, "hdfs-namenode", conf)
+    fresh = not (s.hdfs_home / "name" / "current" / "VERSION").exists()
     if nn_pid is None:
         _require_free(s, "the NameNode", s.webhdfs_port)
         _require_free(s, "the NameNode", s.namenode_rpc_port)
-        if not (s.hdfs_home / "name" / "current" / "VERSION").exists():
+        if fresh:
             fmt = subprocess.run(
-                _java_cmd(
-                    s, conf, "org.apache.hadoop.hdfs.server.namenode.NameNode", "-format", "-nonInteractive", "-force"
-                ),
-                env=env,
+                _java_cmd(s, conf, NAMENODE_MAIN, "-format", "-nonInteractive", "-force"),
+                env={**os.environ, "HADOOP_CONF_DIR": str(conf)},
                 capture_output=True,
                 text=True,
             )
@@ -347,29 +520,39 @@ def up_hdfs(s: Settings) -> None:
             _log_file(s, "hdfs-format").write_text(fmt.stdout + fmt.stderr)
             if fmt.returncode != 0:
                 raise StackError(f"NameNode format failed; see {_log_file(s, 'hdfs-format')}")
-        nn_pid = _spawn(s, "hdfs-namenode", _java_cmd(s, conf, "org.apache.hadoop.hdfs.server.namenode.NameNode"), env)
+            (s.hdfs_home / "replication").write_text(f"{HDFS_REPLICATION}\n")  # no file has another
+        nn_pid = _spawn_hadoop(s, "hdfs-namenode", conf, NAMENODE_MAIN)
     _wait("HDFS NameNode", lambda: bool(_namenode_state(s)), 90, _log_file(s, "hdfs-namenode"), nn_pid)
-    dn_pid = running_pid(s, "hdfs-datanode")
-    if dn_pid is None:
-        for port in (s.datanode_port, s.datanode_http_port, s.datanode_ipc_port):
-            _require_free(s, "the DataNode", port)
-        dn_pid = _spawn(s, "hdfs-datanode", _java_cmd(s, conf, "org.apache.hadoop.hdfs.server.datanode.DataNode"), env)
+    for dn in datanodes(s):  # started together, then waited for
+        if _hadoop_daemon(s, dn.name, conf / dn.name) is None:
+            for port in (dn.port, dn.http_port, dn.ipc_port):
+                _require_free(s, f"the DataNode {dn.name}", port)
+            _spawn_hadoop(s, dn.name, conf / dn.name, DATANODE_MAIN)
+    for dn in datanodes(s):
+        up_datanode(s, dn.name)
+    count = len(datanodes(s))
 
     def ready() -> bool:
         st = _namenode_state(s)
-        return st.get("FSState") == "Operational" and st.get("NumLiveDataNodes", 0) >= 1
+        return st.get("FSState") == "Operational" and st.get("NumLiveDataNodes", 0) >= count
 
-    _wait("HDFS (out of safe mode, 1 live DataNode)", ready, 120, _log_file(s, "hdfs-datanode"), dn_pid)
+    _wait(f"HDFS (out of safe mode, {count} live DataNodes)", ready, 120, _log_file(s, "hdfs-namenode"))
     _wait(
         "WebHDFS write through the DataNode redirect", lambda: _hdfs_prove_write(s), 60, _log_file(s, "hdfs-datanode")
     )
     _hdfs_bootstrap_dirs(s)
+    _hdfs_set_replication(s, conf)
 
 
 def status_hdfs(s: Settings) -> str:
     try:
         st = _namenode_state(s)
-        return f"FSState={st.get('FSState')} live DataNodes={st.get('NumLiveDataNodes')} ({s.webhdfs_url})"
+        fs = _jmx(s.webhdfs_url, "Hadoop:service=NameNode,name=FSNamesystem")
+        return (
+            f"FSState={st.get('FSState')} live DataNodes={st.get('NumLiveDataNodes')}/{len(datanodes(s))}, blocks "
+            f"under-replicated={fs.get('UnderReplicatedBlocks')} corrupt={fs.get('CorruptBlocks')} "
+            f"missing={fs.get('MissingBlocks')} ({s.webhdfs_url})"
+        )
     except Exception as exc:  # noqa: BLE001
         return f"not answering at {s.webhdfs_url} ({exc.__class__.__name__})"
 
@@ -423,20 +606,21 @@ def owns_model_root(s: Settings, root: str) -> bool:
     return os.path.normpath(root).startswith(state.rstrip(os.sep) + os.sep)
 
 
-def stop_serving_containers(s: Settings) -> list[str]:
+def stop_serving_containers(s: Settings, *, second_host: bool = False) -> list[str]:
     """Remove the TF Serving containers the pipeline started for this stack (labelled with a model root
-    under our state directory); the other stack's (dev or test), other checkouts' and anything else are
-    left alone."""
+    under our state directory) on the first engine (or on docker2: ``second_host``); the other stack's (dev or
+    test), other checkouts' and anything else are left alone."""
     try:
         import docker
 
-        client = docker.DockerClient(base_url=s.docker_host, timeout=10)
+        client = docker2_client(s) if second_host else docker.DockerClient(base_url=s.docker_host, timeout=10)
         client.ping()
     except Exception:  # noqa: BLE001 - no engine, no containers
         return []
     removed = []
     try:
-        for container in client.containers.list(all=True, filters={"label": f"{SERVING_LABEL_MANAGED}=true"}):
+        # servers, and any staging helper or config lock a killed task left (all carry the model-root label)
+        for container in client.containers.list(all=True, filters={"label": SERVING_LABEL_MODEL_ROOT}):
             if owns_model_root(s, container.labels.get(SERVING_LABEL_MODEL_ROOT, "")):
                 container.remove(force=True)
                 removed.append(container.name)
@@ -483,6 +667,342 @@ def status_docker(s: Settings) -> str:
         return f"answers at {s.docker_host} ({owner})"
     except Exception as exc:  # noqa: BLE001
         return f"not answering at {s.docker_host} ({exc.__class__.__name__})"
+
+
+# ----------------------------------------------------------------------------- the second Docker host (docker2)
+#
+# A second dockerd on this machine, in a network namespace of its own (`ip netns`), with its own data-root,
+# exec-root, pidfile, bridge address and image store. The namespace reaches the machine only through a veth pair on
+# DOCKER2_SUBNET (a /30: this machine .1, the namespace .2) and has no default route, so nothing but this machine
+# can hold a connection with it. dockerd listens only on the namespace's address, with TLS and client certificates
+# (a CA of this stack, generated into secrets/docker2: a Docker API socket is root on its host for whoever
+# connects, so the client key is what a worker must hold); the servers it runs publish their ports on that address
+# too, where the router and the workers reach them. Images cannot be pulled: `up` loads the serving images into it
+# from the first engine (`docker save | docker load`, through the API), when their ids differ.
+
+DOCKER2 = "docker2"  # the service, and its process's name (PID file, log)
+# The bridge of the namespace's engine: its own subnet, apart from the first engine's docker0 (172.17.0.0/16).
+DOCKER2_BIP = {"dev": "172.31.217.1/24", "test": "172.31.218.1/24"}
+DOCKER2_TLS_FILES = ("ca.pem", "cert.pem", "key.pem")  # what a client needs (DOCKER_CERT_PATH's names)
+
+
+def docker2_veth(s: Settings) -> tuple[str, str]:
+    """The veth pair's names: (this machine's end, the namespace's end)."""
+    return f"{s.docker2_netns}-h", f"{s.docker2_netns}-n"
+
+
+def serving_host_addresses(s: Settings) -> list[str]:
+    """Where each Docker host of the `local` target publishes its servers' ports: this machine's loopback, then the
+    second host's namespace address (SERVING_HOSTS of them). Replica i runs on host i % len (core.placement)."""
+    return ["127.0.0.1", s.docker2_address][: s.serving_hosts]
+
+
+def docker2_enabled(s: Settings) -> bool:
+    """docker2 is part of the stack where it can run: as root (network namespaces, a dockerd of our own)."""
+    return os.geteuid() == 0
+
+
+def serving_host_connections(s: Settings) -> dict[str, str]:
+    """The `local` target's Docker hosts as Airflow Connections (services/targets.py names them): the first engine,
+    and (where docker2 runs) the second, over TLS with this stack's client certificate."""
+    conns = {
+        "AIRFLOW_CONN_SERVING_HOST_LOCAL": json.dumps(
+            {
+                "conn_type": "tfdeploy_serving_host",
+                "host": s.docker_host,
+                "extra": {"tls_verify": False, "publish_address": "127.0.0.1"},
+            }
+        )
+    }
+    if docker2_enabled(s) or s.serving_hosts > 1:
+        tls = s.docker2_tls_dir
+        conns["AIRFLOW_CONN_SERVING_HOST_LOCAL_2"] = json.dumps(
+            {
+                "conn_type": "tfdeploy_serving_host",
+                "host": s.docker2_host,
+                "extra": {
+                    "tls_verify": True,
+                    "tls_ca_cert": str(tls / "ca.pem"),
+                    "tls_client_cert": str(tls / "cert.pem"),
+                    "tls_client_key": str(tls / "key.pem"),
+                    "publish_address": s.docker2_address,
+                },
+            }
+        )
+    return conns
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise StackError(f"`ip {' '.join(args)}` failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done
+
+
+def docker2_network_up(s: Settings) -> None:
+    """The namespace, the veth pair and their addresses (idempotent); no default route in the namespace."""
+    ns, (host_if, ns_if) = s.docker2_netns, docker2_veth(s)
+    prefix = s.docker2_subnet.rsplit("/", 1)[1]
+    if ns not in _ip("netns", "list").stdout.split():
+        _ip("netns", "add", ns)
+    if _ip("link", "show", host_if, check=False).returncode != 0:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
+    _ip("addr", "replace", f"{s.docker2_gateway}/{prefix}", "dev", host_if)
+    _ip("link", "set", host_if, "up")
+    _ip("-n", ns, "addr", "replace", f"{s.docker2_address}/{prefix}", "dev", ns_if)
+    _ip("-n", ns, "link", "set", ns_if, "up")
+    _ip("-n", ns, "link", "set", "lo", "up")
+    if "default" in _ip("-n", ns, "route", "show").stdout:
+        raise StackError(
+            f"namespace {ns} has a default route: remove it (nothing beyond {s.docker2_subnet} may reach it)"
+        )
+    _docker2_netns_marker(s).parent.mkdir(parents=True, exist_ok=True)
+    _docker2_netns_marker(s).write_text(ns + "\n")
+
+
+def _docker2_netns_marker(s: Settings) -> Path:
+    """Written when this state dir's stack set the namespace up: `down` deletes only a namespace it set up (another
+    checkout's stack of the same profile has the same namespace name)."""
+    return s.state_dir / DOCKER2 / "netns"
+
+
+def docker2_network_down(s: Settings) -> None:
+    """Delete the namespace this stack set up (its end of the veth pair goes with it, and so does this machine's)."""
+    marker = _docker2_netns_marker(s)
+    if not marker.exists():
+        return
+    if s.docker2_netns in _ip("netns", "list", check=False).stdout.split():
+        _ip("netns", "delete", s.docker2_netns)
+    marker.unlink()
+
+
+def _docker2_certificates(s: Settings) -> Path:
+    """This stack's CA, the engine's server certificate (for its namespace address) and the client certificate, in
+    secrets/docker2 (0700; keys 0600); made once, the server's again when the address changes. Returns the dir."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    tls = s.docker2_tls_dir
+    tls.mkdir(parents=True, exist_ok=True)
+    tls.chmod(0o700)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> str:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+
+    def load_key(name: str) -> Any:
+        return serialization.load_pem_private_key((tls / name).read_bytes(), password=None)
+
+    def issue(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, ca_key: Any, **kind: Any
+    ) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer.subject if issuer else name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=825))
+            .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+        )
+        if "ip" in kind:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(kind["ip"]))]), critical=False
+            )
+        if "usage" in kind:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([kind["usage"]]), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    def pem(cert: x509.Certificate) -> str:
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    if not (tls / "ca.pem").exists() or not (tls / "ca-key.pem").exists():
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        write_private(tls / "ca-key.pem", pem_key(ca_key))
+        write_private(tls / "ca.pem", pem(issue(f"tfdeploy docker2 CA ({s.stack})", ca_key, None, ca_key)))
+        for name in ("server-cert.pem", "cert.pem"):
+            (tls / name).unlink(missing_ok=True)  # issued by a CA that is gone
+    ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
+    ca_key = load_key("ca-key.pem")
+    server = tls / "server-cert.pem"
+    wanted_ip = ipaddress.ip_address(s.docker2_address)
+    if server.exists():
+        sans = x509.load_pem_x509_certificate(server.read_bytes()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+        if wanted_ip not in sans.value.get_values_for_type(x509.IPAddress):
+            server.unlink()
+    if not server.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_private(tls / "server-key.pem", pem_key(key))
+        cert = issue(s.docker2_address, key, ca, ca_key, ip=s.docker2_address, usage=ExtendedKeyUsageOID.SERVER_AUTH)
+        write_private(server, pem(cert))
+    if not (tls / "cert.pem").exists() or not (tls / "key.pem").exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_private(tls / "key.pem", pem_key(key))
+        cert = issue(f"tfdeploy worker ({s.stack})", key, ca, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+        write_private(tls / "cert.pem", pem(cert))
+    return tls
+
+
+def docker2_client(s: Settings, timeout: int = 10) -> Any:  # a docker.DockerClient
+    """A client of the second engine, with this stack's client certificate."""
+    from docker.tls import TLSConfig
+
+    from tfdeploy.docker_engine import docker_client
+
+    ca, cert, key = (str(s.docker2_tls_dir / name) for name in DOCKER2_TLS_FILES)
+    tls = TLSConfig(client_cert=(cert, key), ca_cert=ca, verify=ca)
+    return docker_client(s.docker2_host, tls=tls, timeout=timeout)
+
+
+def _docker2_ping(s: Settings) -> bool:
+    client = docker2_client(s, timeout=5)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+def _docker2_exec_root(s: Settings) -> Path:
+    """The engine's exec-root: in the state dir, unless that path is too long for the unix sockets under it
+    (containerd's, 108 bytes at most), then under /run, named by a hash of the state dir."""
+    path = s.state_dir / DOCKER2 / "exec"
+    if len(str(path)) <= 60:
+        return path
+    return Path("/run") / f"tfdeploy-docker2-{hashlib.sha256(str(s.state_dir).encode()).hexdigest()[:10]}"
+
+
+def docker2_command(s: Settings) -> list[str]:
+    """dockerd in the namespace (nsenter keeps this machine's mounts and cgroups; only the network differs)."""
+    home = s.state_dir / DOCKER2
+    tls = s.docker2_tls_dir
+    return [
+        "nsenter",
+        f"--net=/run/netns/{s.docker2_netns}",
+        "--",
+        "dockerd",
+        f"--config-file={home / 'daemon.json'}",  # not the machine's /etc/docker/daemon.json
+        f"--host=tcp://{s.docker2_address}:{s.docker2_port}",
+        "--tlsverify",
+        f"--tlscacert={tls / 'ca.pem'}",
+        f"--tlscert={tls / 'server-cert.pem'}",
+        f"--tlskey={tls / 'server-key.pem'}",
+        f"--data-root={home / 'data'}",
+        f"--exec-root={_docker2_exec_root(s)}",
+        f"--pidfile={home / 'dockerd.pid'}",
+        f"--bip={DOCKER2_BIP.get(s.stack, DOCKER2_BIP['dev'])}",
+        f"--ip={s.docker2_address}",
+        f"--cgroup-parent=/tfdeploy-docker2-{s.stack}",
+        "--storage-driver=overlay2",
+    ]
+
+
+def _listens(address: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((address, port)) == 0
+
+
+def up_docker2(s: Settings) -> None:
+    if not docker2_enabled(s):
+        if s.serving_hosts > 1:
+            raise StackError("SERVING_HOSTS=2 needs the second Docker host, which needs root (a network namespace)")
+        return
+    for tool in ("dockerd", "nsenter", "ip"):
+        if shutil.which(tool) is None:
+            raise StackError(f"{tool} is not installed: run `make setup`")
+    _docker2_certificates(s)
+    pid = running_pid(s, DOCKER2)
+    if pid is None:
+        docker2_network_up(s)
+        if _listens(s.docker2_address, s.docker2_port):
+            raise StackError(
+                f"something already listens on {s.docker2_address}:{s.docker2_port} (namespace {s.docker2_netns}): "
+                "another checkout's stack of this profile? Stop it, or set DOCKER2_SUBNET for this one"
+            )
+        (s.state_dir / DOCKER2 / "data").mkdir(parents=True, exist_ok=True)
+        (s.state_dir / DOCKER2 / "daemon.json").write_text("{}\n")  # every setting is on the command line
+        _docker2_exec_root(s).mkdir(parents=True, exist_ok=True)
+        pid = _spawn(s, DOCKER2, docker2_command(s), dict(os.environ))
+    _wait(f"dockerd in namespace {s.docker2_netns}", lambda: _docker2_ping(s), 60, _log_file(s, DOCKER2), pid)
+    load_serving_images(s)
+
+
+def load_serving_images(s: Settings) -> list[str]:
+    """Copy the serving images (SERVING_IMAGES) from the first engine to the second where the second lacks them or
+    has another image under the tag: `docker save | docker load` through the API, streamed. Returns those copied."""
+    import docker
+
+    first = docker.DockerClient(base_url=s.docker_host, timeout=600)
+    second = docker2_client(s, timeout=600)
+    loaded = []
+    try:
+        for image in s.serving_images:
+            try:
+                source = first.images.get(image)
+            except docker.errors.ImageNotFound:
+                print(f"[stack] {DOCKER2}: {image} is not on {s.docker_host} to load (build it: `make images`)")
+                continue
+            try:
+                if second.images.get(image).id == source.id:
+                    continue
+            except docker.errors.ImageNotFound:
+                pass
+            t0 = time.monotonic()
+            for _progress in second.api.load_image(first.api.get_image(image, chunk_size=1 << 20)):
+                pass
+            if second.images.get(image).id != source.id:
+                raise StackError(f"loading {image} into {s.docker2_host} gave another image id")
+            print(f"[stack] {DOCKER2}: loaded {image} from {s.docker_host} in {time.monotonic() - t0:.0f}s")
+            loaded.append(image)
+    finally:
+        first.close()
+        second.close()
+    return loaded
+
+
+def down_docker2(s: Settings) -> None:
+    """Remove this stack's serving containers on the second engine, stop it, and delete its namespace."""
+    if running_pid(s, DOCKER2):
+        for container in stop_serving_containers(s, second_host=True):
+            print(f"[stack] removed serving container {container} ({DOCKER2})")
+    if stop_service(s, DOCKER2, timeout=30):
+        print(f"[stack] stopped {DOCKER2}")
+    if docker2_enabled(s):
+        docker2_network_down(s)
+
+
+def status_docker2(s: Settings) -> str:
+    if not docker2_enabled(s):
+        return "not started (needs root: a network namespace)"
+    if not (s.docker2_tls_dir / "ca.pem").exists():
+        return f"not set up yet (`stack.py up {DOCKER2}`)"
+    try:
+        client = docker2_client(s, timeout=5)
+        try:
+            client.ping()
+            have = {tag for image in client.images.list() for tag in image.tags}
+        finally:
+            client.close()
+        images = ", ".join(f"{i}{'' if i in have else ' MISSING'}" for i in s.serving_images)
+        return (
+            f"answers at {s.docker2_host} (TLS, namespace {s.docker2_netns} only); images: {images}; serving hosts "
+            f"in use: {s.serving_hosts}"
+        )
+    except Exception as exc:  # noqa: BLE001
+        return f"not answering at {s.docker2_host} ({exc.__class__.__name__})"
 
 
 # ----------------------------------------------------------------------------- secrets
@@ -553,13 +1073,22 @@ def pg_hba_conf() -> str:
 
 
 def pg_passwords(s: Settings) -> dict[str, str]:
-    """Role -> password: the superuser's and the registry role's, each generated once into the state dir's secrets
-    (0600); POSTGRES_PASSWORD, when set, is the registry role's (Settings.postgres_password reads the same)."""
+    """Role -> password: the superuser's, the registry role's and Airflow's, each generated once into the state dir's
+    secrets (0600); POSTGRES_PASSWORD / AIRFLOW_DB_PASSWORD, when set, are the registry's / Airflow's role's
+    (Settings.postgres_password and airflow_db_password read the same)."""
     return {
         PG_SUPERUSER: _secret(s, PG_SUPERUSER_SECRET, _new_password),
         s.postgres_user: os.environ.get("POSTGRES_PASSWORD", "").strip()
         or _secret(s, POSTGRES_PASSWORD_SECRET, _new_password),
+        s.airflow_db_user: os.environ.get("AIRFLOW_DB_PASSWORD", "").strip()
+        or _secret(s, AIRFLOW_DB_PASSWORD_SECRET, _new_password),
     }
+
+
+def pg_databases(s: Settings) -> dict[str, str]:
+    """Database -> its owning role: the registry's two (the registry role's) and Airflow's metadata database (its own
+    role's: Airflow's components reach nothing of the registry's through it)."""
+    return {REGISTRY_DB: s.postgres_user, REGISTRY_TEST_DB: s.postgres_user, AIRFLOW_DB: s.airflow_db_user}
 
 
 def pg_bin_dir(root: Path = Path("/usr/lib/postgresql")) -> Path:
@@ -648,8 +1177,8 @@ def _pg_query(s: Settings, query: str, user: str = PG_SUPERUSER, dbname: str = "
 
 
 def _pg_bootstrap(s: Settings) -> None:
-    """Both roles' passwords (pg_passwords: set every time, so the secrets decide), and the registry's role
-    (LOGIN, not a superuser) and its databases, owned by it, if missing."""
+    """Every role's password (pg_passwords: set every time, so the secrets decide), the registry's and Airflow's roles
+    (LOGIN, not superusers) and their databases (pg_databases), each owned by its role, if missing."""
     from psycopg2 import sql
 
     passwords = pg_passwords(s)
@@ -658,18 +1187,16 @@ def _pg_bootstrap(s: Settings) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute("SET password_encryption = 'scram-sha-256'")
-            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (s.postgres_user,))
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(s.postgres_user)))
-            for role in (PG_SUPERUSER, s.postgres_user):
+            for role in passwords:
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
                 cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)), (passwords[role],))
-            for db in (REGISTRY_DB, REGISTRY_TEST_DB):
+            for db, owner in pg_databases(s).items():
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
                 if cur.fetchone() is None:
                     cur.execute(
-                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                            sql.Identifier(db), sql.Identifier(s.postgres_user)
-                        )
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner))
                     )
     finally:
         conn.close()
@@ -767,7 +1294,96 @@ def status_postgres(s: Settings) -> str:
             s.postgres_user,
             REGISTRY_DB,
         )
-        return f"PostgreSQL {version} at {where} (listen_addresses={listen}; {REGISTRY_DB}, {REGISTRY_TEST_DB})"
+        return f"PostgreSQL {version} at {where} (listen_addresses={listen}; {', '.join(pg_databases(s))})"
+    except Exception as exc:  # noqa: BLE001
+        return f"not answering at {where} ({exc.__class__.__name__})"
+
+
+# ----------------------------------------------------------------------------- Redis (the Celery broker)
+
+
+def redis_password(s: Settings) -> str:
+    """The broker's password: REDIS_PASSWORD if set, else generated once into the state dir's secrets (0600)
+    (Settings.redis_password reads the same)."""
+    return os.environ.get("REDIS_PASSWORD", "").strip() or _secret(s, REDIS_PASSWORD_SECRET, _new_password)
+
+
+def _redis_quote(value: str) -> str:
+    """``value`` as one double-quoted argument of a redis.conf line (a password may hold spaces or quotes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def redis_config(s: Settings) -> str:
+    """redis.conf of the stack's broker: 127.0.0.1:REDIS_PORT only, protected mode, every client gives the password
+    (requirepass), data (append-only file and snapshots, so queued tasks survive a restart) under the state dir,
+    the log on stdout (the service log). Holds the password: written 0600."""
+    data = s.state_dir / "redis" / "data"
+    return (
+        "# generated by include/scripts/stack.py (redis_config): edit there\n"
+        "bind 127.0.0.1\n"
+        f"port {s.redis_port}\n"
+        "protected-mode yes\n"
+        f"requirepass {_redis_quote(redis_password(s))}\n"
+        "daemonize no\n"
+        'logfile ""\n'
+        f"dir {_redis_quote(str(data))}\n"
+        "appendonly yes\n"
+        "appendfsync everysec\n"
+        "save 300 1\n"
+        "maxmemory-policy noeviction\n"  # a broker must never drop a queued message
+    )
+
+
+def _redis_client(s: Settings) -> Any:  # a redis.Redis
+    import redis  # from the venv
+
+    return redis.Redis(
+        host="127.0.0.1", port=s.redis_port, password=redis_password(s), socket_timeout=3, socket_connect_timeout=3
+    )
+
+
+def _redis_ping(s: Settings) -> bool:
+    client = _redis_client(s)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+def up_redis(s: Settings) -> None:
+    """Our own redis-server (never a system one), the CeleryExecutor's broker: started from redis_config() and
+    restarted when that changed; waits until it answers PING with the password."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        raise StackError("redis-server is not installed: run `make setup` (installs Debian's redis-server)")
+    home = s.state_dir / "redis"
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    conf = home / "redis.conf"
+    text = redis_config(s)
+    pid = running_pid(s, "redis")
+    if pid is None or not conf.exists() or conf.read_text() != text:
+        if pid is not None:  # its configuration changed (port, password): restart it
+            stop_service(s, "redis")
+        write_private(conf, text)
+        _require_free(s, "Redis", s.redis_port)
+        pid = _spawn(s, "redis", [binary, str(conf)], {"PATH": "/usr/bin:/bin"}, cwd=home)
+    _wait(f"Redis (127.0.0.1:{s.redis_port})", lambda: _redis_ping(s), 30, _log_file(s, "redis"), pid)
+
+
+def status_redis(s: Settings) -> str:
+    where = f"127.0.0.1:{s.redis_port}"
+    try:
+        client = _redis_client(s)
+        try:
+            info = client.info()
+            queued = client.llen("default")  # Airflow's default Celery queue
+        finally:
+            client.close()
+        return (
+            f"Redis {info['redis_version']} at {where} (password required), {info['connected_clients']} clients, "
+            f"{queued} task(s) queued"
+        )
     except Exception as exc:  # noqa: BLE001
         return f"not answering at {where} ({exc.__class__.__name__})"
 
@@ -830,13 +1446,23 @@ def airflow_env(s: Settings) -> dict[str, str]:
     from base64 import urlsafe_b64encode
 
     registry_token = _registry_token(s)
+    pg_passwords(s), redis_password(s)  # generated before the URLs below read them
     return {
         "AIRFLOW_HOME": str(s.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        # Airflow's production engine: metadata on the stack's PostgreSQL (database `airflow`, its own role), tasks
+        # run by the Celery workers (CELERY_WORKERS) through the Redis broker, their results in the metadata database
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": s.airflow_db_url,
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": s.redis_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": s.celery_result_backend,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(s.celery_worker_concurrency),
+        # the scheduler queues at most as many tasks as the workers have slots
+        "AIRFLOW__CORE__PARALLELISM": str(len(CELERY_WORKERS) * s.celery_worker_concurrency),
+        # a task instance's `hostname` is the Celery node that ran it (worker1@<host>, ...), not just the machine
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tfdeploy.settings.airflow_hostname",
         # A release is ~10 short dependent tasks: the scheduler's 1 s idle sleep between loops was most of the
         # gap between one task ending and the next starting (bench/results/pipeline.md: Airflow overhead).
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
@@ -872,7 +1498,11 @@ def airflow_env(s: Settings) -> dict[str, str]:
                 "conn_type": "tfserving",
                 "host": "127.0.0.1",
                 "port": s.replica_rest_port,
-                "extra": {"grpc_port": s.replica_grpc_port, "replicas": s.stable_replicas},
+                "extra": {
+                    "grpc_port": s.replica_grpc_port,
+                    "replicas": s.stable_replicas,
+                    "replica_hosts": serving_host_addresses(s),
+                },
             }
         ),
         "AIRFLOW_CONN_TFSERVING_LOCAL_CANARY": json.dumps(
@@ -892,9 +1522,7 @@ def airflow_env(s: Settings) -> dict[str, str]:
                 },
             }
         ),
-        "AIRFLOW_CONN_SERVING_HOST_LOCAL": json.dumps(
-            {"conn_type": "tfdeploy_serving_host", "host": s.docker_host, "extra": {"tls_verify": False}}
-        ),
+        **serving_host_connections(s),
         # alert mail (MailAlertNotifier, Airflow's SmtpNotifier): an SMTP server on 127.0.0.1:SMTP_PORT, none by
         # default (the tests start one); plain SMTP on loopback, no TLS
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
@@ -968,16 +1596,58 @@ def _airflow_health(s: Settings) -> dict:
     return data
 
 
+def celery_node(worker: str) -> str:
+    """A Celery worker's node name, ``<worker>@<this machine's FQDN>``; also the ``hostname`` of the task instances
+    it runs (tfdeploy.settings.airflow_hostname)."""
+    import socket
+
+    return f"{worker}@{socket.getfqdn()}"
+
+
+def celery_ping(s: Settings, timeout: float = 1.0) -> list[str]:
+    """Node names of the Celery workers that answer a ping through this stack's broker within ``timeout``."""
+    from celery import Celery  # from the venv
+
+    _redis_ping(s)  # fails within seconds when the broker is down (Celery would keep retrying to connect)
+    app = Celery(broker=s.redis_url)
+    try:
+        replies = app.control.ping(timeout=timeout)
+    finally:
+        app.close()
+    return sorted(node for reply in replies for node in reply)
+
+
+def _airflow_command(s: Settings, comp: str) -> tuple[list[str], dict[str, str]]:
+    """Command line and extra environment of one of AIRFLOW_COMPONENTS. No log server anywhere (Airflow's binds every
+    interface, with no setting for it): every component shares the log folder, so the api-server reads task logs,
+    finished or running, from the files."""
+    if comp in CELERY_WORKERS:
+        node = celery_node(comp)
+        return [_airflow_bin(), "celery", "worker", "--celery-hostname", node, "--skip-serve-logs"], {
+            WORKER_NAME_VAR: node
+        }
+    args = [_airflow_bin(), comp]
+    if comp in ("scheduler", "triggerer"):
+        args.append("--skip-serve-logs")
+    return args, {}
+
+
 def up_airflow(s: Settings) -> None:
     env = {**os.environ, **airflow_env(s)}
     _write_password(s)
     if all(running_pid(s, f"airflow-{c}") for c in AIRFLOW_COMPONENTS):
         return
+    if (s.airflow_home / "airflow.db").exists():
+        print(
+            f"[stack] airflow: its metadata now lives in PostgreSQL (database {AIRFLOW_DB}); the SQLite database of "
+            f"before, {s.airflow_home / 'airflow.db'}, is no longer used (run history starts afresh; the model "
+            "registry keeps its data): remove it when you no longer need it"
+        )
     migrate = subprocess.run([_airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
     _log_file(s, "airflow-db-migrate").write_text(migrate.stdout + migrate.stderr)
     if migrate.returncode != 0:
         raise StackError(f"airflow db migrate failed; see {_log_file(s, 'airflow-db-migrate')}")
-    _private_airflow_home(s)  # the database and airflow.cfg exist now
+    _private_airflow_home(s)  # airflow.cfg exists now
     pids = {}
     for comp in AIRFLOW_COMPONENTS:
         name = f"airflow-{comp}"
@@ -985,10 +1655,8 @@ def up_airflow(s: Settings) -> None:
         if pid is None:
             if comp == "api-server":
                 _require_free(s, "the Airflow api-server", s.airflow_port)
-            args = [_airflow_bin(), comp]
-            if comp in ("scheduler", "triggerer"):
-                args.append("--skip-serve-logs")
-            pid = _spawn(s, name, args, env)
+            args, extra = _airflow_command(s, comp)
+            pid = _spawn(s, name, args, {**env, **extra})
         pids[comp] = pid
     _wait(
         "Airflow api-server",
@@ -1011,6 +1679,21 @@ def up_airflow(s: Settings) -> None:
         _log_file(s, "airflow-scheduler"),
         pids["scheduler"],
     )
+    nodes = [celery_node(worker) for worker in CELERY_WORKERS]
+
+    def workers_answer() -> bool:
+        for worker in CELERY_WORKERS:
+            if not _alive(pids[worker]):
+                log = _log_file(s, f"airflow-{worker}")
+                raise StackError(f"the Celery worker {worker} exited during start-up; see {log}:\n{_tail(log)}")
+        return set(nodes) <= set(celery_ping(s))
+
+    _wait(
+        f"Airflow's Celery workers ({', '.join(nodes)}: ping through the broker)",
+        workers_answer,
+        120,
+        _log_file(s, f"airflow-{CELERY_WORKERS[0]}"),
+    )
     # The registry (mounted in the api-server) opens and migrates its database on first use: make that
     # first use now, so `up` means the registry answers and no deployment pays for it.
     token = airflow_env(s)["REGISTRY_API_TOKEN"]
@@ -1031,9 +1714,15 @@ def status_airflow(s: Settings) -> str:
     try:
         h = _airflow_health(s)
         parts = ", ".join(f"{k}={v.get('status')}" for k, v in h.items() if isinstance(v, dict))
-        return f"{s.airflow_url} {parts}"
+        answer = f"{s.airflow_url} {parts}"
     except Exception as exc:  # noqa: BLE001
-        return f"not answering at {s.airflow_url} ({exc.__class__.__name__})"
+        answer = f"not answering at {s.airflow_url} ({exc.__class__.__name__})"
+    try:
+        nodes = celery_ping(s)
+        workers = f"{len(nodes)}/{len(CELERY_WORKERS)} answer ({', '.join(nodes) or 'none'})"
+    except Exception as exc:  # noqa: BLE001
+        workers = f"no answer ({exc.__class__.__name__})"
+    return f"{answer}; CeleryExecutor, workers: {workers}"
 
 
 # ----------------------------------------------------------------------------- router (HAProxy)
@@ -1067,13 +1756,17 @@ def router_config(s: Settings) -> str:
     socket_path = s.run_dir / "haproxy.sock"
     maxconn = s.serving_maxconn
 
+    hosts = serving_host_addresses(s)
+
     def servers(prefix: str, rest_port: int, grpc_port: int, count: int) -> tuple[str, str]:
+        """A pool's server lines: replica i at its Docker host's address (core.placement), ports + 2i."""
         rest = "\n".join(
-            f"    server {prefix}{i + 1} 127.0.0.1:{rest_port + 2 * i} check maxconn {maxconn}" for i in range(count)
+            f"    server {prefix}{i + 1} {replica_host(i, hosts)}:{rest_port + 2 * i} check maxconn {maxconn}"
+            for i in range(count)
         )
         grpc = "\n".join(
-            f"    server {prefix}{i + 1} 127.0.0.1:{grpc_port + 2 * i} proto h2 check port {rest_port + 2 * i} "
-            f"check-proto h1 maxconn {maxconn}"
+            f"    server {prefix}{i + 1} {replica_host(i, hosts)}:{grpc_port + 2 * i} proto h2 check port "
+            f"{rest_port + 2 * i} check-proto h1 maxconn {maxconn}"
             for i in range(count)
         )
         return rest, grpc
@@ -1181,6 +1874,8 @@ frontend serving_rest
     http-request set-var(txn.tracked) var(txn.model),concat(/,txn.side) if infer
     http-request track-sc1 var(txn.tracked) table traffic if infer
     http-response set-header X-Served-By %[var(txn.side)] if {{ var(txn.side) -m found }}
+    # which replica of the pool answered (its server name: replica1, replica2 ..., canary1)
+    http-response set-header X-Served-By-Replica %[srv_name] if {{ var(txn.side) -m found }} {{ srv_id -m found }}
     use_backend local_canary_rest if {{ var(txn.side) -m str canary }}
     default_backend local_rest
 
@@ -1327,10 +2022,11 @@ def serving_relabel_configs(s: Settings) -> list[dict[str, Any]]:
         {"source_labels": [root], "regex": f"{_re2_literal(state)}/.+", "action": "keep"},
         {"source_labels": ["__meta_docker_port_private"], "regex": str(SERVING_CONTAINER_REST_PORT), "action": "keep"},
         {"source_labels": ["__meta_docker_port_public"], "regex": ".+", "action": "keep"},
-        {
-            "source_labels": ["__meta_docker_port_public"],
+        {  # where the port is published: loopback on the first engine, the namespace address on docker2
+            "source_labels": ["__meta_docker_port_public_ip", "__meta_docker_port_public"],
+            "separator": ":",
             "target_label": "__address__",
-            "replacement": "127.0.0.1:$1",
+            "replacement": "$1",
         },
         {"source_labels": ["__meta_docker_container_name"], "regex": "/?(.+)", "target_label": "container"},
         {"target_label": "pool", "replacement": "stable"},
@@ -1383,7 +2079,23 @@ def prometheus_config(s: Settings) -> str:
                         "host": s.docker_host,
                         "refresh_interval": "5s",
                         "filters": [{"name": "label", "values": [f"{SERVING_LABEL_MANAGED}=true"]}],
-                    }
+                    },
+                    *(  # the second Docker host's replicas (SERVING_HOSTS=2), over TLS with the stack's client cert
+                        [
+                            {
+                                "host": f"https://{s.docker2_address}:{s.docker2_port}",
+                                "tls_config": {
+                                    "ca_file": str(s.docker2_tls_dir / "ca.pem"),
+                                    "cert_file": str(s.docker2_tls_dir / "cert.pem"),
+                                    "key_file": str(s.docker2_tls_dir / "key.pem"),
+                                },
+                                "refresh_interval": "5s",
+                                "filters": [{"name": "label", "values": [f"{SERVING_LABEL_MANAGED}=true"]}],
+                            }
+                        ]
+                        if s.serving_hosts > 1
+                        else []
+                    ),
                 ],
                 "relabel_configs": serving_relabel_configs(s),
             },
@@ -1539,8 +2251,10 @@ def status_alertmanager(s: Settings) -> str:
 
 SERVICES: dict[str, tuple[Callable[[Settings], None], Callable[[Settings], str], tuple[str, ...]]] = {
     "docker": (up_docker, status_docker, ("dockerd",)),
-    "hdfs": (up_hdfs, status_hdfs, ("hdfs-datanode", "hdfs-namenode")),
+    DOCKER2: (up_docker2, status_docker2, (DOCKER2,)),
+    "hdfs": (up_hdfs, status_hdfs, (*reversed(DATANODE_NAMES), "hdfs-namenode")),
     "postgres": (up_postgres, status_postgres, ("postgres",)),
+    "redis": (up_redis, status_redis, ("redis",)),
     "router": (up_router, status_router, ("router",)),
     "alertmanager": (up_alertmanager, status_alertmanager, ("alertmanager",)),
     "prometheus": (up_prometheus, status_prometheus, ("prometheus",)),
@@ -1595,6 +2309,9 @@ def main(argv: list[str] | None = None) -> int:
                 for container in stop_serving_containers(s):
                     print(f"[stack] removed serving container {container}")
                 down_docker(s)
+                continue
+            if name == DOCKER2:
+                down_docker2(s)
                 continue
             for proc in SERVICES[name][2]:
                 if stop_service(s, proc):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -28,11 +29,26 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Databases of the model registry on the stack's PostgreSQL (stack.py creates both, owned by postgres_user).
 REGISTRY_DB = "tfdeploy_registry"
 REGISTRY_TEST_DB = "tfdeploy_registry_test"
+# Airflow's metadata database on the same server, owned by its own role (Settings.airflow_db_user).
+AIRFLOW_DB = "airflow"
 
 # Generated secrets in ``<state dir>/secrets/`` (a 0700 directory of 0600 files, written by stack.py at first
 # set-up): the Airflow admin's password and the registry role's PostgreSQL password, by file name.
 AIRFLOW_PASSWORD_SECRET = "airflow_password"
 POSTGRES_PASSWORD_SECRET = "postgres_password"
+AIRFLOW_DB_PASSWORD_SECRET = "airflow_db_password"  # the PostgreSQL role of Airflow's metadata database
+REDIS_PASSWORD_SECRET = "redis_password"  # the Celery broker's (Redis requirepass)
+
+# Set by stack.py in each Celery worker's environment: its Celery node name (``worker1@<host>``), which
+# airflow_hostname() gives Airflow as the worker's hostname, so each task instance records which worker ran it.
+WORKER_NAME_VAR = "TFDEPLOY_WORKER_NAME"
+
+
+def airflow_hostname() -> str:
+    """Airflow's ``[core] hostname_callable`` on this stack: a Celery worker's node name (WORKER_NAME_VAR), so the
+    task instances' ``hostname`` tells the workers apart on one machine; elsewhere this machine's FQDN, as
+    Airflow's default."""
+    return os.environ.get(WORKER_NAME_VAR, "").strip() or socket.getfqdn()
 
 
 @dataclass(frozen=True)
@@ -134,13 +150,33 @@ class Settings:
     datanode_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE_PORT", 9866))
     datanode_http_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE_HTTP_PORT", 9864))
     datanode_ipc_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE_IPC_PORT", 9867))
+    # the second DataNode (two DataNodes, replication 2: README "HDFS"); the first one's ports + 100
+    datanode2_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE2_PORT", 9966))
+    datanode2_http_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE2_HTTP_PORT", 9964))
+    datanode2_ipc_port: int = field(default_factory=lambda: _stack_port("HDFS_DATANODE2_IPC_PORT", 9967))
     hdfs_user: str = field(default_factory=lambda: _env("HDFS_USER", "airflow"))
     # Docker (one engine serves both stacks; their containers are told apart by name and label)
     docker_host: str = field(default_factory=lambda: _env("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    # The second Docker host (stack.py `docker2`, README "Serving on two Docker hosts"): a dockerd in a network
+    # namespace of this stack, reached only over a veth pair on DOCKER2_SUBNET (a /30: this machine .1, the
+    # namespace .2), TLS with client certificates on DOCKER2_PORT. SERVING_HOSTS=2 spreads the `local` target's
+    # stable replicas over both hosts (replica i on host i % 2).
+    docker2_subnet: str = field(
+        default_factory=lambda: _env("DOCKER2_SUBNET", "10.217.0.0/30" if _profile().name == "dev" else "10.217.0.4/30")
+    )
+    docker2_port: int = field(default_factory=lambda: _stack_port("DOCKER2_PORT", 2376))
+    serving_hosts: int = field(default_factory=lambda: _count("SERVING_HOSTS", 1, 1, 2))
     # PostgreSQL (the model registry's server; 5433 so a machine's own PostgreSQL on 5432 does not clash)
     postgres_port: int = field(default_factory=lambda: _stack_port("POSTGRES_PORT", 5433))
     postgres_user: str = field(default_factory=lambda: _env("POSTGRES_USER", "tfdeploy"))
     postgres_os_user: str = field(default_factory=lambda: _env("POSTGRES_OS_USER", "tfdeploy-pg"))
+    # Airflow's metadata database (AIRFLOW_DB) on that server, owned by this role
+    airflow_db_user: str = field(default_factory=lambda: _env("AIRFLOW_DB_USER", "airflow"))
+    # The CeleryExecutor: Redis as its broker (our own redis-server on 127.0.0.1, password required), results in
+    # Airflow's metadata database; each Celery worker (stack.py CELERY_WORKERS) runs CELERY_WORKER_CONCURRENCY tasks
+    # at once.
+    redis_port: int = field(default_factory=lambda: _stack_port("REDIS_PORT", 6380))
+    celery_worker_concurrency: int = field(default_factory=lambda: _count("CELERY_WORKER_CONCURRENCY", 4, 1, 32))
     # Serving. Clients reach models through the router (HAProxy) on SERVING_GRPC_PORT / SERVING_REST_PORT; the
     # `local` target's replica (container `<serving_container_prefix>-local`) listens on the replica ports,
     # which the router forwards to and the pipeline drives (reload, status) directly.
@@ -218,6 +254,17 @@ class Settings:
         return _env("POSTGRES_PASSWORD", "") or _read_secret(self.secrets_dir / POSTGRES_PASSWORD_SECRET)
 
     @property
+    def airflow_db_password(self) -> str:
+        """The password of Airflow's database role: AIRFLOW_DB_PASSWORD if set, else the one generated at first
+        set-up ("" before it)."""
+        return _env("AIRFLOW_DB_PASSWORD", "") or _read_secret(self.secrets_dir / AIRFLOW_DB_PASSWORD_SECRET)
+
+    @property
+    def redis_password(self) -> str:
+        """The broker's password (requirepass): REDIS_PASSWORD if set, else the one generated at first set-up."""
+        return _env("REDIS_PASSWORD", "") or _read_secret(self.secrets_dir / REDIS_PASSWORD_SECRET)
+
+    @property
     def ports(self) -> dict[str, int]:
         """Every port this stack listens on (all on 127.0.0.1), by the variable that sets it."""
         return {
@@ -227,7 +274,11 @@ class Settings:
             "HDFS_DATANODE_PORT": self.datanode_port,
             "HDFS_DATANODE_HTTP_PORT": self.datanode_http_port,
             "HDFS_DATANODE_IPC_PORT": self.datanode_ipc_port,
+            "HDFS_DATANODE2_PORT": self.datanode2_port,
+            "HDFS_DATANODE2_HTTP_PORT": self.datanode2_http_port,
+            "HDFS_DATANODE2_IPC_PORT": self.datanode2_ipc_port,
             "POSTGRES_PORT": self.postgres_port,
+            "REDIS_PORT": self.redis_port,
             "SERVING_GRPC_PORT": self.serving_grpc_port,
             "SERVING_REST_PORT": self.serving_rest_port,
             "SERVING_REPLICA_GRPC_PORT": self.replica_grpc_port,
@@ -280,9 +331,11 @@ class Settings:
     def postgres_socket_dir(self) -> Path:
         return self.postgres_home / "run"
 
-    def _postgres_url(self, db: str) -> str:
-        password = self.postgres_password
-        auth = quote(self.postgres_user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    def _postgres_url(self, db: str, user: str = "", password: str | None = None) -> str:
+        """SQLAlchemy URL of ``db`` on the stack's server as ``user`` (default: the registry role, its password)."""
+        user = user or self.postgres_user
+        password = self.postgres_password if password is None else password
+        auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
         return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.postgres_port}/{db}"
 
     @property
@@ -294,6 +347,23 @@ class Settings:
     def postgres_test_url(self) -> str:
         """The tests' registry database as the registry role, with its password (url-quoted)."""
         return self._postgres_url(REGISTRY_TEST_DB)
+
+    @property
+    def airflow_db_url(self) -> str:
+        """Airflow's metadata database (``[database] sql_alchemy_conn``) as its own role, with its password."""
+        return self._postgres_url(AIRFLOW_DB, self.airflow_db_user, self.airflow_db_password)
+
+    @property
+    def celery_result_backend(self) -> str:
+        """Where Celery keeps task results (``[celery] result_backend``): Airflow's metadata database."""
+        return f"db+{self.airflow_db_url}"
+
+    @property
+    def redis_url(self) -> str:
+        """The Celery broker (``[celery] broker_url``): the stack's Redis, database 0, with its password."""
+        password = self.redis_password
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
 
     @property
     def registry_db_url(self) -> str:
@@ -329,6 +399,35 @@ class Settings:
     def run_dir(self) -> Path:
         return self.state_dir / "run"
 
+    @property
+    def docker2_netns(self) -> str:
+        """The second Docker host's network namespace (also the prefix of its veth pair's names)."""
+        return f"tfdeploy-{self.stack}"
+
+    @property
+    def docker2_address(self) -> str:
+        """The namespace's end of the veth pair: the only address its dockerd and published ports listen on."""
+        import ipaddress
+
+        return str(ipaddress.ip_network(self.docker2_subnet).network_address + 2)
+
+    @property
+    def docker2_gateway(self) -> str:
+        """This machine's end of the veth pair (the router and the workers reach the namespace from it)."""
+        import ipaddress
+
+        return str(ipaddress.ip_network(self.docker2_subnet).network_address + 1)
+
+    @property
+    def docker2_host(self) -> str:
+        """The second Docker engine's URL (TLS: the client certificate is in ``docker2_tls_dir``)."""
+        return f"tcp://{self.docker2_address}:{self.docker2_port}"
+
+    @property
+    def docker2_tls_dir(self) -> Path:
+        """The second engine's CA, server and client certificates and keys (keys 0600, in the 0700 secrets dir)."""
+        return self.secrets_dir / "docker2"
+
 
 def get_settings() -> Settings:
     return Settings()
@@ -361,6 +460,7 @@ def shared_between(a: Settings, b: Settings) -> list[str]:
             ("AIRFLOW_HOME", a.airflow_home, b.airflow_home),
             ("REGISTRY_DB_URL", a.registry_db_url, b.registry_db_url),
             ("serving container prefix", a.serving_container_prefix, b.serving_container_prefix),
+            ("DOCKER2_SUBNET", a.docker2_subnet, b.docker2_subnet),
         )
         if x == y
     ]

@@ -30,23 +30,40 @@ def test_credentials_come_from_the_environment(monkeypatch, tmp_path):
     assert not s.airflow_password_file.exists()  # nothing generated when the environment gives it
 
 
+def _props(path) -> dict[str, str | None]:
+    return {p.findtext("name"): p.findtext("value") for p in ET.parse(path).getroot().iter("property")}
+
+
 def test_hadoop_config_binds_loopback_and_redirects_to_it(monkeypatch, tmp_path):
     monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
     conf = stack.write_hadoop_conf(Settings())
-    props = {
-        p.findtext("name"): p.findtext("value") for p in ET.parse(conf / "hdfs-site.xml").getroot().iter("property")
-    }
-    for key in (
-        "dfs.namenode.http-address",
-        "dfs.namenode.rpc-address",
-        "dfs.datanode.address",
-        "dfs.datanode.http.address",
-        "dfs.datanode.ipc.address",
-    ):
+    props = _props(conf / "hdfs-site.xml")
+    for key in ("dfs.namenode.http-address", "dfs.namenode.rpc-address"):
         assert props[key].startswith("127.0.0.1:"), key
-    assert props["dfs.datanode.hostname"] == "127.0.0.1"
-    assert props["dfs.replication"] == "1"
     assert props["dfs.namenode.name.dir"].startswith(f"file://{tmp_path}")
+    # two DataNodes, each its own conf dir, data dir and loopback ports, both redirected to by 127.0.0.1
+    datanodes = [_props(conf / name / "hdfs-site.xml") for name in stack.DATANODE_NAMES]
+    assert len(datanodes) == 2
+    for dn in datanodes:
+        for key in ("dfs.datanode.address", "dfs.datanode.http.address", "dfs.datanode.ipc.address"):
+            assert dn[key].startswith("127.0.0.1:"), key
+        assert dn["dfs.datanode.hostname"] == "127.0.0.1"
+        assert dn["dfs.namenode.rpc-address"] == props["dfs.namenode.rpc-address"]
+    assert len({dn["dfs.datanode.data.dir"] for dn in datanodes}) == 2
+    ports = [dn[k] for dn in datanodes for k in ("dfs.datanode.address", "dfs.datanode.http.address")]
+    assert len(set(ports)) == 4
+
+
+def test_hadoop_config_keeps_writes_going_when_a_datanode_dies(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
+    conf = stack.write_hadoop_conf(Settings())
+    for path in [conf / "hdfs-site.xml", *(conf / name / "hdfs-site.xml" for name in stack.DATANODE_NAMES)]:
+        props = _props(path)
+        assert (props["dfs.replication"], props["dfs.namenode.replication.min"]) == ("2", "1")
+        # the DataNodes' own DFSClient (WebHDFS) drops a dead pipeline member and never waits for a spare
+        assert props["dfs.client.block.write.replace-datanode-on-failure.policy"] == "NEVER"
+        assert props["dfs.client.block.write.replace-datanode-on-failure.best-effort"] == "true"
+        assert props["dfs.namenode.avoid.write.stale.datanode"] == "true"
 
 
 def test_airflow_env_keeps_every_component_on_loopback(monkeypatch, tmp_path):

@@ -18,7 +18,11 @@ DEV_PORTS = {
     "HDFS_DATANODE_PORT": 9866,
     "HDFS_DATANODE_HTTP_PORT": 9864,
     "HDFS_DATANODE_IPC_PORT": 9867,
+    "HDFS_DATANODE2_PORT": 9966,
+    "HDFS_DATANODE2_HTTP_PORT": 9964,
+    "HDFS_DATANODE2_IPC_PORT": 9967,
     "POSTGRES_PORT": 5433,
+    "REDIS_PORT": 6380,
     "SERVING_GRPC_PORT": 8500,
     "SERVING_REST_PORT": 8501,
     "SERVING_REPLICA_GRPC_PORT": 8510,
@@ -39,6 +43,9 @@ SETTINGS_VARS = (
     "DOCKER_HOST",
     "SERVING_IMAGE",
     "SERVING_STABLE_REPLICAS",
+    "SERVING_HOSTS",
+    "DOCKER2_SUBNET",
+    "DOCKER2_PORT",
 )
 
 
@@ -134,12 +141,18 @@ def test_hadoop_config_uses_the_profile_datanode_ports(clean_env, tmp_path):
     clean_env.setenv("TFDEPLOY_STACK", "test")
     clean_env.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
     conf = stack.write_hadoop_conf(Settings())
-    props = {
-        p.findtext("name"): p.findtext("value") for p in ET.parse(conf / "hdfs-site.xml").getroot().iter("property")
-    }
-    assert props["dfs.datanode.address"] == "127.0.0.1:19866"
-    assert props["dfs.datanode.http.address"] == "127.0.0.1:19864"
-    assert props["dfs.datanode.ipc.address"] == "127.0.0.1:19867"
+
+    def props(path: Path) -> dict[str, str | None]:
+        return {p.findtext("name"): p.findtext("value") for p in ET.parse(path).getroot().iter("property")}
+
+    first, second = (props(conf / name / "hdfs-site.xml") for name in stack.DATANODE_NAMES)
+    assert first["dfs.datanode.address"] == "127.0.0.1:19866"
+    assert first["dfs.datanode.http.address"] == "127.0.0.1:19864"
+    assert first["dfs.datanode.ipc.address"] == "127.0.0.1:19867"
+    assert second["dfs.datanode.address"] == "127.0.0.1:19966"
+    assert second["dfs.datanode.http.address"] == "127.0.0.1:19964"
+    assert second["dfs.datanode.ipc.address"] == "127.0.0.1:19967"
+    props = props(conf / "hdfs-site.xml")
     assert props["dfs.namenode.rpc-address"] == "127.0.0.1:18020"
     assert props["dfs.namenode.http-address"] == "127.0.0.1:19870"
 
@@ -163,10 +176,11 @@ def test_serving_connections_parse_with_the_profile_ports(clean_env, tmp_path):
     tfs = conns["tfserving_local"]
     # the pipeline drives the replica itself (reload, status); clients go through the router on 18500/18501
     assert (tfs.conn_type, tfs.host, tfs.port) == ("tfserving", "127.0.0.1", 18511)
-    assert tfs.extra_dejson == {"grpc_port": 18510, "replicas": 2}  # replica i on the ports + 2i
+    # replica i on the ports + 2i, at its Docker host's address (one host unless SERVING_HOSTS=2)
+    assert tfs.extra_dejson == {"grpc_port": 18510, "replicas": 2, "replica_hosts": ["127.0.0.1"]}
     host = conns["serving_host_local"]
     assert (host.conn_type, host.host) == ("tfdeploy_serving_host", "unix:///var/run/docker.sock")
-    assert host.extra_dejson == {"tls_verify": False}
+    assert host.extra_dejson == {"tls_verify": False, "publish_address": "127.0.0.1"}
 
 
 def test_serving_connections_follow_explicit_settings(clean_env, tmp_path):

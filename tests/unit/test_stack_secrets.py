@@ -135,7 +135,7 @@ def test_status_prints_the_login_line(state, capsys, monkeypatch):
 def test_postgres_urls_carry_the_role_s_password_quoted(state, monkeypatch):
     s = settings_for("dev")
     generated = stack.pg_passwords(s)
-    assert set(generated) == {"postgres", "tfdeploy"} and generated["postgres"] != generated["tfdeploy"]
+    assert set(generated) == {"postgres", "tfdeploy", "airflow"} and len(set(generated.values())) == 3
     assert s.postgres_password == generated["tfdeploy"]
     assert s.postgres_url == f"postgresql+psycopg2://tfdeploy:{generated['tfdeploy']}@127.0.0.1:5433/tfdeploy_registry"
     assert stack.pg_passwords(settings_for("dev")) == generated  # stable
@@ -166,6 +166,13 @@ def test_no_secret_of_the_stack_is_readable_by_others_after_up_s_helpers(state):
     stack.airflow_passwords(s)
     stack.pg_passwords(s)
     files = sorted(p.name for p in s.secrets_dir.iterdir())
-    assert {"airflow_password", "postgres_password", "postgres_superuser_password", "fernet_key"} <= set(files)
+    assert {
+        "airflow_password",
+        "postgres_password",
+        "postgres_superuser_password",
+        "airflow_db_password",
+        "redis_password",
+        "fernet_key",
+    } <= set(files)
     assert {p.name: mode(p) for p in s.secrets_dir.iterdir()} == dict.fromkeys(files, 0o600)
     assert mode(s.secrets_dir) == 0o700

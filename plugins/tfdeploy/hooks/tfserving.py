@@ -29,6 +29,7 @@ from tfdeploy.core.errors import (
     VersionNotAvailable,
     VersionNotUnloaded,
 )
+from tfdeploy.core.placement import replica_host
 
 if TYPE_CHECKING:
     from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
@@ -103,16 +104,20 @@ class TFServingHook(BaseHook):
 
     def replicas(self) -> list[TFServingHook]:
         """One hook per replica of the pool this Connection names (``extra.replicas``, default 1): replica i
-        listens on the Connection's ports + 2i. The first is this hook."""
+        listens on the Connection's ports + 2i, at the address of its Docker host (``extra.replica_hosts``, the
+        hosts' publish addresses, placed by ``core.placement.replica_host``; default: the Connection's host). The
+        first is this hook."""
         if not self.tfserving_conn_id:
             return [self]
-        count = int(self.get_connection(self.tfserving_conn_id).extra_dejson.get("replicas", 1))
+        extra = self.get_connection(self.tfserving_conn_id).extra_dejson
+        count = int(extra.get("replicas", 1))
         host, rest_port, grpc_port = self._address
+        hosts = [str(h) for h in extra.get("replica_hosts") or [host]]
         return [self] + [
             TFServingHook(
                 None,
-                grpc_target=f"{host}:{grpc_port + 2 * i}",
-                rest_url=f"http://{host}:{rest_port + 2 * i}",
+                grpc_target=f"{replica_host(i, hosts)}:{grpc_port + 2 * i}",
+                rest_url=f"http://{replica_host(i, hosts)}:{rest_port + 2 * i}",
                 timeout=self.timeout,
             )
             for i in range(1, count)

@@ -385,7 +385,7 @@ class DiagnosisService:
             target = get_target(self.target, pool=pool)
             out[pool] = ServingTargetService(
                 target,
-                host=ServingHostHook(target.serving_host_conn_id, model_root=target.model_root, docker_timeout=timeout),
+                hosts=[target.serving_host(conn, docker_timeout=timeout) for conn in target.hosts],
                 serving=TFServingHook(target.tfserving_conn_id, timeout=timeout),
                 router=RouterHook(target.router_conn_id, timeout=min(5.0, timeout)),
             )
@@ -465,7 +465,7 @@ class DiagnosisService:
         containers: list[str] = []
         for pool, service in self.pools.items():
             host = service.host
-            bundle.collect(f"pools/{pool}/models.config", host.config_path.read_text)
+            bundle.collect(f"pools/{pool}/models.config", partial(_config_text, host))
             try:
                 replicas: list[TFServingHook] = _bounded(lambda: service.replicas, self.part_timeout_s)  # noqa: B023
             except Exception as exc:  # noqa: BLE001 - the pool's Connection is unusable: name what is missing
@@ -475,8 +475,8 @@ class DiagnosisService:
                 name = service.target.container(index)
                 containers.append(name)
                 where = f"pools/{pool}/{name}"
-                bundle.collect(f"{where}/logs.txt", partial(_logs, host, name, self.log_tail))
-                bundle.collect(f"{where}/inspect.json", partial(_inspect, host, name))
+                bundle.collect(f"{where}/logs.txt", partial(_logs, service.host_of(index), name, self.log_tail))
+                bundle.collect(f"{where}/inspect.json", partial(_inspect, service.host_of(index), name))
                 bundle.collect(f"{where}/model_status.json", partial(_served, replica, model))
         return containers
 
@@ -515,6 +515,10 @@ class DiagnosisService:
                 "prometheus/NOTE.txt",
                 f"Prometheus could not be reached, so this bundle has none of {model}'s series.\n{unreachable}\n",
             )
+
+
+def _config_text(host: ServingHostHook) -> str:
+    return host.read_config_text() or ""
 
 
 def _logs(host: ServingHostHook, name: str, tail: int) -> str:

@@ -16,20 +16,28 @@ A pool of several replicas changes one replica at a time, whatever the change: a
 because its spec changed (another serving image, say). Each replica is drained at the router first, changed,
 verified, put back in rotation, and (if its container was new) waited for until the router has it UP again, before
 the next one is touched; a failure stops there, the other replicas untouched.
+
+A pool may span several Docker hosts (replica ``i`` on host ``i % hosts``, ``core.placement``): every host that runs
+one of its replicas gets each staged version and each models.config write; the first host's models.config is the
+one read back, and its config lock serializes changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tfdeploy.core.errors import RouterError
 from tfdeploy.core.models_config import ServedModel, build_model_config
+from tfdeploy.core.placement import hosts_in_use, replica_host
 from tfdeploy.hooks.router import RouterHook
 from tfdeploy.hooks.serving_host import ServerInfo, ServingHostHook
 from tfdeploy.hooks.tfserving import TFServingHook
@@ -92,8 +100,10 @@ def label_phases(before: ServedModel | None, after: ServedModel | None) -> list[
 class ServingTargetService:
     """What the pipeline does to one serving target: stage versions, change the config, check labels.
 
-    :param target: the target (its Connections, image, container name and model directory).
-    :param host: the serving host's hook (default: from ``target.serving_host_conn_id``).
+    :param target: the target (its Connections, image, container name, hosts and volume).
+    :param host: the serving host's hook, for a pool on one host (default: ``target.serving_host()``).
+    :param hosts: the hooks of the pool's hosts, replica ``i`` on ``hosts[i % len(hosts)]`` (default: one per
+        host of the target that runs a replica of the pool).
     :param serving: the TF Serving hook of the pool's first replica (default: from ``target.tfserving_conn_id``,
         whose ``extra.replicas`` says how many replicas the pool has).
     :param router: the router's hook (default: from ``target.router_conn_id``), used to drain a replica
@@ -109,6 +119,7 @@ class ServingTargetService:
         target: ServingTarget,
         *,
         host: ServingHostHook | None = None,
+        hosts: Sequence[ServingHostHook] | None = None,
         serving: TFServingHook | None = None,
         router: RouterHook | None = None,
         poll_seconds: int = 1,
@@ -116,7 +127,9 @@ class ServingTargetService:
         drain_timeout_s: float = 30,
     ) -> None:
         self.target = target
-        self.host = host or ServingHostHook(target.serving_host_conn_id, model_root=target.model_root)
+        if host is not None and hosts is not None:
+            raise ValueError("give host or hosts, not both")
+        self._hosts = list(hosts) if hosts is not None else [host] if host is not None else None
         self.serving = serving or TFServingHook(target.tfserving_conn_id)
         self._router = router
         self.poll_seconds = poll_seconds
@@ -129,6 +142,22 @@ class ServingTargetService:
         return self.serving.replicas()
 
     @cached_property
+    def hosts(self) -> list[ServingHostHook]:
+        """The pool's Docker hosts, the primary first: those of the target that run at least one replica."""
+        if self._hosts is not None:
+            return self._hosts
+        return [self.target.serving_host(conn) for conn in hosts_in_use(len(self.replicas), self.target.hosts)]
+
+    @property
+    def host(self) -> ServingHostHook:
+        """The primary host: its models.config is read back, its lock serializes changes."""
+        return self.hosts[0]
+
+    def host_of(self, replica: int) -> ServingHostHook:
+        """The host that runs replica ``replica``."""
+        return replica_host(replica, self.hosts)
+
+    @cached_property
     def router(self) -> RouterHook:
         return self._router or RouterHook(self.target.router_conn_id)
 
@@ -139,23 +168,37 @@ class ServingTargetService:
     # ------------------------------------------------------------------ model directory
 
     def stage(self, store: ModelStoreHook, model: str, version: int, *, manifest_sha256: str) -> str:
-        """Put ``version`` of ``model`` from the model store into the host's model directory; returns its base path.
+        """Put ``version`` of ``model`` from the model store onto every host of the pool; returns its base path.
 
-        Fetched straight into ``model_root/<model>/`` (a hidden temp dir renamed into place, fsynced), every
-        file checked against the manifest, the manifest pinned to ``manifest_sha256`` (what the registry
-        recorded): a corrupt or swapped file fails naming it, and nothing is staged. Already staged and
-        identical: kept.
+        The worker fetches it, every file checked against the manifest, the manifest pinned to ``manifest_sha256``
+        (what the registry recorded): a corrupt or swapped file fails naming it, and nothing is staged. Then each
+        host stages it (``ServingHostHook.stage_version``: into its volume through a helper container that checks
+        every file's sha256 there before the atomic rename). A pool on one host that bind-mounts ``model_root``
+        (no volume) fetches straight into it instead. Already staged and identical: kept.
         """
-        self.host.check_shared_disk()
-        store.fetch(model, version, self.host.model_dir(model), expected_manifest_sha256=manifest_sha256, durable=True)
-        return self.host.container_base_path(model)
+        hosts = self.hosts
+        if len(hosts) == 1 and not hosts[0].volume:
+            hosts[0].check_shared_disk()
+            store.fetch(
+                model, version, hosts[0].model_dir(model), expected_manifest_sha256=manifest_sha256, durable=True
+            )
+            return hosts[0].container_base_path(model)
+        scratch = tempfile.mkdtemp(prefix=".fetch-", dir=_mkdir(self.target.model_root))
+        try:
+            local = store.fetch(model, version, scratch, expected_manifest_sha256=manifest_sha256)
+            for host in hosts:
+                host.stage_version(local, model, version)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return hosts[0].container_base_path(model)
 
     def discard(self, model: str, version: int) -> None:
         """Remove a staged version that no config serves (a candidate that never reached the server)."""
         with self.host.config_lock():
             entry = _find(self.host.read_config(), model)
             if entry is None or version not in entry.versions:
-                self.host.remove_staged(model, version)
+                for host in self.hosts:
+                    host.remove_staged(model, version)
 
     # ------------------------------------------------------------------ config
 
@@ -171,6 +214,7 @@ class ServingTargetService:
         """
         with self.host.config_lock():
             models = self.host.read_config()
+            self._sync_hosts(models)
             before = _find(models, model)
             after = edit(before)
             if after is not None and after.name != model:
@@ -191,7 +235,8 @@ class ServingTargetService:
                 raise
             change = ConfigChange(model, before, after, phases=len(configs), container_created=created)
             for version in change.dropped:
-                self.host.remove_staged(model, version)
+                for host in self.hosts:
+                    host.remove_staged(model, version)
         log.info(
             "%s on %s: %s -> %s (%d reload(s)%s)",
             model,
@@ -225,10 +270,11 @@ class ServingTargetService:
     def _apply(
         self, config: ModelServerConfig, model: str, before: ServedModel | None, after: ServedModel | None
     ) -> bool:
-        """Write the config once, then each replica in turn, out of rotation (see :meth:`_out_of_rotation`):
-        reload it once, or create (replace) its container, which reads the file at start; verify it. True if a
-        container was created."""
-        self.host.write_config(config)
+        """Write the config once on each host, then each replica in turn, out of rotation (see
+        :meth:`_out_of_rotation`): reload it once, or create (replace) its container, which reads the file at start;
+        verify it. True if a container was created."""
+        for host in self.hosts:
+            host.write_config(config)
         serves_models = bool(config.model_config_list.config)
         created_any = False
         for index, serving in enumerate(self.replicas):
@@ -286,13 +332,33 @@ class ServingTargetService:
     def _ensure_replica(self, index: int) -> ServerInfo:
         """Replica ``index``'s container running the pool's image from models.config (created if it is not)."""
         grpc_port, rest_port = self.serving.ports
-        return self.host.ensure_server(
+        return self.host_of(index).ensure_server(
             name=self.target.container(index),
             image=self.target.image,
             grpc_port=grpc_port + 2 * index,
             rest_port=rest_port + 2 * index,
             poll_seconds=self.poll_seconds,
         )
+
+    def _sync_hosts(self, models: list[ServedModel]) -> None:
+        """Every host of the pool has every version ``models`` (the primary's config) serves, and that config: a
+        version a host lacks (a host new to the pool) is copied from the primary, checked as any staging."""
+        if len(self.hosts) < 2:
+            return
+        wanted = {(m.name, v) for m in models for v in m.versions}
+        config = build_model_config(models)
+        for host in self.hosts[1:]:
+            missing = sorted(wanted - host.staged_versions())
+            if missing:
+                log.info("%s: copying %s from %s to %s", self.name, missing, self.host.where, host.where)
+                scratch = Path(tempfile.mkdtemp(prefix=".copy-", dir=_mkdir(self.target.model_root)))
+                try:
+                    for name, version in missing:
+                        host.stage_version(self.host.copy_version(name, version, scratch / name), name, version)
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            if models and host.read_config() != models:
+                host.write_config(config)
 
     def _ensure_running(self, model: str, entry: ServedModel | None) -> bool:
         """Create any replica whose container is gone or differs (another image: replaced), one replica at a time
@@ -321,7 +387,8 @@ class ServingTargetService:
         """Best effort after a failed change: the previous config back on disk and on the server."""
         try:
             config = build_model_config(models)
-            self.host.write_config(config)
+            for host in self.hosts:
+                host.write_config(config)
             for serving in self.replicas:
                 if serving.is_ready():
                     serving.reload(config)
@@ -333,7 +400,7 @@ class ServingTargetService:
                 model,
                 self.name,
                 exc,
-                self.host.config_path,
+                self.host.where,
                 _describe(before),
             )
 
@@ -343,6 +410,11 @@ class _Replica:
     """What changing one replica did: whether its container was (re)created."""
 
     created: bool = False
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _find(models: Sequence[ServedModel], name: str) -> ServedModel | None:

@@ -1,22 +1,27 @@
 """Serving targets: where a model is served, named in the DAGs' ``serving_target`` Param.
 
-A target is a Docker engine (the ``serving_host_<name>`` Connection), a router in front of it (the
-``router_<name>`` Connection) and two pools of TF Serving servers: ``stable``, which serves production versions
-only and takes every unversioned call, and ``canary``, where candidates load. Each pool is a container
-(``tfserving_<name>`` / ``tfserving_<name>_canary`` Connections: host, REST and gRPC ports) with its own model
-directory. The image is configuration: ``tensorflow/serving`` in production; on machines that cannot pull it,
-the project's TF-Serving-compatible image (``SERVING_IMAGE``, the default here). A run may choose another image
-only from the allowlist ``SERVING_IMAGES`` (the DAGs' Param is a choice of it; :func:`get_target` checks it again,
-whatever called it).
+A target is one or more Docker engines (``SERVING_HOSTS`` of them: the ``serving_host_<name>``,
+``serving_host_<name>_2`` ... Connections), a router in front of them (the ``router_<name>`` Connection) and two
+pools of TF Serving servers: ``stable``, which serves production versions only and takes every unversioned call,
+and ``canary``, where candidates load. Each pool is a set of replica containers (``tfserving_<name>`` /
+``tfserving_<name>_canary`` Connections: host, REST and gRPC ports, replica count and addresses), replica ``i`` on
+host ``i % hosts`` (``core.placement``), and its own models: a named volume on every host that runs one of its
+replicas (``tfdeploy-models-<stack>-<name>[-canary]``), which staging fills through helper containers (no disk is
+shared with the workers). The image is configuration: ``tensorflow/serving`` in production; on machines that cannot
+pull it, the project's TF-Serving-compatible image (``SERVING_IMAGE``, the default here). A run may choose another
+image only from the allowlist ``SERVING_IMAGES`` (the DAGs' Param is a choice of it; :func:`get_target` checks it
+again, whatever called it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tfdeploy.core.errors import ServingImageNotAllowed
+from tfdeploy.core.placement import replica_host
+from tfdeploy.hooks.serving_host import ServingHostHook
 from tfdeploy.settings import get_settings
 
 if TYPE_CHECKING:
@@ -28,7 +33,14 @@ POOLS = ("stable", "canary")
 
 @dataclass(frozen=True)
 class ServingTarget:
-    """One pool of a target: its container, model directory and Connections (``name`` is the target's)."""
+    """One pool of a target: its containers, models and Connections (``name`` is the target's).
+
+    ``serving_host_conn_id`` is the first (primary) host, whose ``models.config`` is the one read back;
+    ``serving_host_conn_ids`` lists every host of the target (default: the primary alone). ``volume``: the named
+    volume holding the pool's models on each host (``None``: bind-mount ``model_root``, one host sharing the
+    worker's disk). ``model_root`` is on the worker: the config lock and fetch scratch space (and, without a
+    volume, the models).
+    """
 
     name: str
     image: str
@@ -38,6 +50,28 @@ class ServingTarget:
     serving_host_conn_id: str
     router_conn_id: str
     pool: str = "stable"
+    serving_host_conn_ids: tuple[str, ...] = ()
+    volume: str | None = None
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The Connections of the target's Docker hosts, the primary first."""
+        return self.serving_host_conn_ids or (self.serving_host_conn_id,)
+
+    def host_conn_id(self, replica: int) -> str:
+        """The Connection of the Docker host that runs replica ``replica``."""
+        return replica_host(replica, self.hosts)
+
+    def serving_host(self, conn_id: str | None = None, **kwargs: Any) -> ServingHostHook:
+        """The hook of one of the target's hosts (default: the primary) for this pool: its volume, its helper image
+        (the pool's serving image), ``model_root``; ``kwargs`` go to :class:`ServingHostHook` (``docker_timeout``)."""
+        return ServingHostHook(
+            conn_id or self.serving_host_conn_id,
+            model_root=self.model_root,
+            volume=self.volume,
+            helper_image=self.image,
+            **kwargs,
+        )
 
     def container(self, replica: int) -> str:
         """The container of replica ``replica`` (the first keeps the pool's name)."""
@@ -101,13 +135,22 @@ def get_target(name: str, image: str | None = None, *, pool: str = "stable") -> 
             "configuration of every Airflow component and restart them"
         )
     suffix = "" if pool == "stable" else f"-{pool}"
+    hosts = tuple(serving_host_conn_id(name, index) for index in range(s.serving_hosts))
     return ServingTarget(
         name=name,
         image=chosen,
         container_name=f"{s.serving_container_prefix}-{name}{suffix}",
         model_root=s.state_dir / "serving" / f"{name}{suffix}",
         tfserving_conn_id=f"tfserving_{name}{suffix.replace('-', '_')}",
-        serving_host_conn_id=f"serving_host_{name}",
+        serving_host_conn_id=hosts[0],
         router_conn_id=f"router_{name}",
         pool=pool,
+        serving_host_conn_ids=hosts,
+        volume=f"tfdeploy-models-{s.stack}-{name}{suffix}",
     )
+
+
+def serving_host_conn_id(target: str, index: int) -> str:
+    """The Connection of a target's Docker host ``index`` (0-based): ``serving_host_<target>``, then
+    ``serving_host_<target>_2``, ``_3`` ... (include/scripts/stack.py writes the `local` target's)."""
+    return f"serving_host_{target}" + (f"_{index + 1}" if index else "")

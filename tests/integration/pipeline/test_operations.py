@@ -8,7 +8,6 @@ One model per module; the releases build on each other.
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from email import message_from_bytes
@@ -225,9 +224,8 @@ def swap_to_noise(model: str, version: int, noisy: Path) -> None:
     entry = service.entry(model)
     assert entry is not None and version in entry.versions
     service.change(model, lambda _e: None)
-    staged = service.host.version_dir(model, version)
-    shutil.rmtree(staged, ignore_errors=True)
-    shutil.copytree(noisy / "saved_model", staged)
+    for host in service.hosts:  # the change above removed the staged copies: stage the other model's files
+        host.stage_version(noisy / "saved_model", model, version)
     service.change(model, lambda _e: ServedModel(model, entry.base_path, (version,), {"stable": version}))
 
 

@@ -71,6 +71,9 @@ class FakeHost:
         self.containers = containers  # name -> log text
         self.inspected: list[str] = []
 
+    def read_config_text(self) -> str:
+        return self.config_path.read_text()
+
     def server_logs(self, name: str, tail: int = 50) -> str:
         if name not in self.containers:
             raise ServerNotFound(f"no container named {name!r} on the Docker engine at unix:///var/run/docker.sock")
@@ -189,7 +192,9 @@ def pools(tmp_path: Path, *, logs: dict[str, str] | None = None) -> dict[str, An
             FakeReplica(f"http://127.0.0.1:{18511 + 2 * i}", f"127.0.0.1:{18510 + 2 * i}", {2: ("AVAILABLE", "")})
             for i in range(count)
         ]
-        out[pool] = SimpleNamespace(host=host, replicas=replicas, router=router, target=target)
+        out[pool] = SimpleNamespace(
+            host=host, host_of=lambda _i, host=host: host, replicas=replicas, router=router, target=target
+        )
     return out
 
 

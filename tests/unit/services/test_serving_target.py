@@ -30,6 +30,7 @@ class CountingHost:
     servers_created: int = 0
     removed: list[tuple[str, int]] = field(default_factory=list)
     config_path: Path = Path("/srv/models/models.config")
+    volume: str | None = None  # bind mode: model_root shared with the worker
 
     @contextlib.contextmanager
     def config_lock(self):

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -24,6 +26,7 @@ from hdfs import HdfsError
 from tfdeploy.core.errors import ModelStoreUnavailable
 
 Timeout = tuple[float, float]
+_T = TypeVar("_T")
 # (connect, read) seconds: a NameNode answers metadata calls in milliseconds; 60 s covers a busy one.
 DEFAULT_TIMEOUT: Timeout = (5.0, 60.0)
 
@@ -90,6 +93,35 @@ class TimedWebHDFSHook(WebHDFSHook):
         # hdfs.Client's `timeout` constructor argument, which the provider leaves unset: sent with every request
         client._timeout = self.timeout
         return client
+
+
+# A WebHDFS upload or download streams through one DataNode (the NameNode redirects to it). If that DataNode
+# dies, the transfer breaks (connection reset or refused), and for a few seconds after, the NameNode may still
+# redirect to it: until it counts the DataNode as stale, 3 s after its last heartbeat on the local stack, which its
+# heartbeat check (every 5 s at most) notices 3-8 s after the death. Such a transfer is made again, whole, after
+# each of these pauses (seconds): every second at first, so a retry follows soon after the NameNode has stopped
+# choosing the dead DataNode; 16 s in all. Only if the last attempt breaks too does the error propagate
+# (ModelStoreUnavailable). A DataNode dying elsewhere in a block pipeline is handled inside HDFS (README "HDFS").
+DATANODE_RETRY_DELAYS = (1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0)
+DATANODE_FAILURES = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)
+
+
+def retry_datanode_failures(client: Any, log: Any, doing: str, transfer: Callable[[int], _T]) -> _T:
+    """``transfer(attempt)`` (attempt 0, 1, ...), made again after a DataNode failure (DATANODE_RETRY_DELAYS).
+
+    Only a connection to a DataNode that was refused, reset or cut is one: a NameNode that does not answer (the
+    ``hdfs`` client's ``url``), or a timeout anywhere, fails at once (hung servers must fail within the timeout)."""
+    namenodes = {urlsplit(url).netloc for url in str(client.url).split(";")}
+    for attempt, delay in enumerate((*DATANODE_RETRY_DELAYS, None)):
+        try:
+            return transfer(attempt)
+        except DATANODE_FAILURES as exc:
+            failed = urlsplit(getattr(exc.request, "url", None) or "").netloc
+            if delay is None or isinstance(exc, requests.Timeout) or failed in namenodes:
+                raise
+            log.warning("%s broke (%s): a DataNode may have died; again in %gs", doing, describe(exc), delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def unavailable(exc: requests.RequestException, *, conn_id: str, timeout: Timeout, doing: str) -> ModelStoreUnavailable:

@@ -15,6 +15,7 @@ from tfdeploy.core import manifest as mf
 from tfdeploy.core.errors import ChecksumMismatch, ModelStoreError
 from tfdeploy.core.manifest import CHUNK_SIZE, MANIFEST_NAME, TEMP_PREFIX, Manifest, Mismatch, fsync_dir
 from tfdeploy.core.names import check_version, parse_version_dir
+from tfdeploy.hooks.model_store.client import retry_datanode_failures
 
 if TYPE_CHECKING:
     from tfdeploy.hooks.model_store.listing import ModelStoreBase
@@ -63,7 +64,12 @@ def fetch_version(
             (tmp / rel).mkdir(parents=True, exist_ok=True)
 
         def download(rel: str) -> None:
-            _download_verified(hook, f"{src}/{rel}", tmp / rel, rel, files[rel], durable=durable)
+            retry_datanode_failures(
+                hook.client,
+                hook.log,
+                f"Downloading {src}/{rel}",
+                lambda _attempt: _download_verified(hook, f"{src}/{rel}", tmp / rel, rel, files[rel], durable=durable),
+            )
 
         mf.map_parallel(download, sorted(files), hook.max_workers)
         _write(tmp / MANIFEST_NAME, data, durable=durable)

@@ -18,7 +18,9 @@ and sha256 against the manifest while downloading, then renames it to ``<local_d
 Connection: the HDFS provider's ``webhdfs_default`` (``webhdfs://airflow@127.0.0.1:9870`` locally), used
 through the provider's ``WebHDFSHook`` with timeouts (``client.py``: extra ``timeout``, default 5 s to connect and
 60 s to answer): one ``hdfs`` client, built lazily, used through its public methods. Every public method raises
-``ModelStoreUnavailable`` naming the server when HDFS refuses or does not answer in time.
+``ModelStoreUnavailable`` naming the server when HDFS refuses or does not answer in time. A file upload or download
+broken by a DataNode that died (or that the NameNode still redirects to) is made again, whole, for up to 16 s
+(``client.DATANODE_RETRY_DELAYS``) before that.
 """
 
 from __future__ import annotations

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import os
 import posixpath
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from hdfs import HdfsError
 from tfdeploy.core import manifest as mf
 from tfdeploy.core.errors import ModelNotFound, ModelStoreError, PublishError, VersionConflict
 from tfdeploy.core.manifest import CHUNK_SIZE, MANIFEST_NAME, TEMP_PREFIX, Manifest
+from tfdeploy.hooks.model_store.client import retry_datanode_failures
 
 if TYPE_CHECKING:
     from tfdeploy.hooks.model_store.listing import Children, ModelStoreBase
@@ -144,6 +146,13 @@ def _stage(hook: ModelStoreBase, root: Path, tmp: str, manifest: Manifest, data:
         digest = hashlib.sha256()
         size = 0
 
+        @contextlib.contextmanager
+        def contents() -> Iterator[Iterator[bytes]]:  # each attempt reads (and hashes) the file afresh
+            nonlocal digest, size
+            digest, size = hashlib.sha256(), 0
+            with mf.open_in_tree(root, rel) as fh:
+                yield chunks(fh)
+
         def chunks(fh: Any) -> Iterator[bytes]:
             nonlocal size
             while chunk := fh.read(CHUNK_SIZE):
@@ -152,8 +161,9 @@ def _stage(hook: ModelStoreBase, root: Path, tmp: str, manifest: Manifest, data:
                 yield chunk
 
         try:
-            with mf.open_in_tree(root, rel) as fh:
-                client.write(f"{tmp}/{rel}", data=chunks(fh), overwrite=False)
+            write_file(hook, f"{tmp}/{rel}", contents)
+        except requests.RequestException:  # an OSError too, but HDFS's: hdfs_call names the server
+            raise
         except OSError as exc:
             raise PublishError(
                 f"cannot read {src} while publishing: {exc.strerror or exc}; do not change the export while it "
@@ -169,11 +179,24 @@ def _stage(hook: ModelStoreBase, root: Path, tmp: str, manifest: Manifest, data:
             )
 
     mf.map_parallel(upload, sorted(files), hook.max_workers)
-    client.write(f"{tmp}/{MANIFEST_NAME}", data=data, overwrite=False)
+    write_file(hook, f"{tmp}/{MANIFEST_NAME}", lambda: contextlib.nullcontext(data))
     problems = mf.check_listing(manifest, hook.walk_listing(tmp), len(data))
     if problems:
         shown = "; ".join(str(p) for p in problems[:5])
         raise PublishError(f"the upload to {tmp} is incomplete ({len(problems)} problems: {shown}); retry")
+
+
+def write_file(hook: ModelStoreBase, path: str, contents: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+    """Create the HDFS file ``path`` (in a temp dir of ours) from ``contents()`` (bytes or an iterator of
+    them), written again whole after a DataNode failure (``client.retry_datanode_failures``). The first attempt
+    never overwrites; a retry replaces what a broken attempt left (a partial file, or a whole one whose answer
+    was lost)."""
+
+    def attempt(n: int) -> None:
+        with contents() as data:
+            hook.client.write(path, data=data, overwrite=n > 0)
+
+    retry_datanode_failures(hook.client, hook.log, f"Writing {path}", attempt)
 
 
 def rename2(hook: ModelStoreBase, src: str, dst: str) -> bool:
@@ -236,7 +259,7 @@ def put_file(hook: ModelStoreBase, path: str, data: bytes) -> str:
     tmp = f"{parent}/{TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
     try:
         hook.client.makedirs(parent)
-        hook.client.write(tmp, data=data, overwrite=False)
+        write_file(hook, tmp, lambda: contextlib.nullcontext(data))
         length = (hook.client.status(tmp, strict=False) or {}).get("length")
         if length != len(data):
             raise PublishError(f"{tmp} holds {length} bytes after writing {len(data)}; retry")

@@ -1,0 +1,174 @@
+"""The second Docker host as stack.py runs it, without starting it: dockerd in the stack's network namespace,
+listening only on the namespace's address with TLS, its own data-root, exec-root, pidfile and bridge; each profile
+its own subnet, port and namespace; a CA of the stack's own (keys 0600); and, with SERVING_HOSTS=2, the Connections,
+the TF Serving replicas and the router's server lines all place replica i on host i % 2."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import stat
+import subprocess
+
+import pytest
+
+import stack
+from tfdeploy.settings import Settings
+
+VARS = ("TFDEPLOY_STATE_DIR", "SERVING_HOSTS", "DOCKER2_SUBNET", "DOCKER2_PORT", "DOCKER_HOST", "SERVING_IMAGE")
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    for var in VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TFDEPLOY_STACK", "dev")
+    monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path / "state"))
+    return monkeypatch
+
+
+def backend(config: str, name: str) -> list[str]:
+    """The non-empty lines of HAProxy backend ``name``."""
+    block = config.split(f"\nbackend {name}\n", 1)[1].split("\n\n", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def flags(cmd: list[str]) -> dict[str, str]:
+    return {a.split("=", 1)[0]: a.split("=", 1)[1] if "=" in a else "" for a in cmd if a.startswith("--")}
+
+
+def test_dockerd_listens_only_on_the_namespace_address_with_tls_and_state_of_its_own(env, tmp_path):
+    s = Settings()
+    cmd = stack.docker2_command(s)
+    assert cmd[:4] == ["nsenter", "--net=/run/netns/tfdeploy-dev", "--", "dockerd"]
+    f = flags(cmd)
+    assert [a for a in cmd if a.startswith("--host")] == ["--host=tcp://10.217.0.2:2376"]  # one socket, no unix://
+    assert "--tlsverify" in f and f["--tlscacert"].startswith(str(s.secrets_dir))
+    state = tmp_path / "state" / "docker2"
+    assert (f["--data-root"], f["--pidfile"]) == (str(state / "data"), str(state / "dockerd.pid"))
+    # containerd's sockets live under the exec-root (108 bytes at most): a long state path moves it under /run
+    assert f["--exec-root"].startswith("/run/tfdeploy-docker2-") and len(f["--exec-root"]) < 40
+    env.setenv("TFDEPLOY_STATE_DIR", "/srv/st")
+    assert flags(stack.docker2_command(Settings()))["--exec-root"] == "/srv/st/docker2/exec"
+    bridge = ipaddress.ip_interface(f["--bip"]).network
+    assert not bridge.overlaps(ipaddress.ip_network("172.17.0.0/16"))  # the first engine's docker0
+    assert not bridge.overlaps(ipaddress.ip_network(s.docker2_subnet))
+    assert f["--ip"] == s.docker2_address  # published ports default to the namespace address too
+
+
+def test_each_profile_has_its_own_namespace_subnet_port_and_bridge(env):
+    dev = Settings()
+    env.setenv("TFDEPLOY_STACK", "test")
+    env.delenv("TFDEPLOY_STATE_DIR")
+    test = Settings()
+    assert dev.docker2_netns != test.docker2_netns
+    assert not ipaddress.ip_network(dev.docker2_subnet).overlaps(ipaddress.ip_network(test.docker2_subnet))
+    assert (dev.docker2_port, test.docker2_port) == (2376, 12376)
+    assert flags(stack.docker2_command(dev))["--bip"] != flags(stack.docker2_command(test))["--bip"]
+    assert all(len(name) <= 15 for name in (*stack.docker2_veth(dev), *stack.docker2_veth(test)))  # IFNAMSIZ
+    assert (test.docker2_gateway, test.docker2_address) == ("10.217.0.5", "10.217.0.6")
+
+
+def test_the_certificates_are_the_stacks_own_and_private(env):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    s = Settings()
+    tls = stack._docker2_certificates(s)
+    assert stat.S_IMODE(tls.stat().st_mode) == 0o700
+    for key in ("ca-key.pem", "server-key.pem", "key.pem"):
+        assert stat.S_IMODE((tls / key).stat().st_mode) == 0o600
+    ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((tls / "server-cert.pem").read_bytes())
+    client = x509.load_pem_x509_certificate((tls / "cert.pem").read_bytes())
+    for cert in (server, client):
+        cert.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.217.0.2")]
+    eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    ca_bytes = (tls / "ca.pem").read_bytes()
+    stack._docker2_certificates(s)  # again: nothing changes
+    assert (tls / "server-cert.pem").read_bytes() == server.public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.PEM
+    )
+    env.setenv("DOCKER2_SUBNET", "10.217.0.8/30")  # another address: a new server certificate, the same CA
+    stack._docker2_certificates(Settings())
+    renewed = x509.load_pem_x509_certificate((tls / "server-cert.pem").read_bytes())
+    assert renewed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.IPAddress
+    ) == [ipaddress.ip_address("10.217.0.10")]
+    assert (tls / "ca.pem").read_bytes() == ca_bytes
+
+
+def test_two_serving_hosts_place_replica_i_on_host_i_mod_2_everywhere(env, tmp_path):
+    env.setenv("SERVING_HOSTS", "2")
+    env.setenv("SERVING_STABLE_REPLICAS", "3")
+    s = Settings()
+    airflow = stack.airflow_env(s)
+    second = json.loads(airflow["AIRFLOW_CONN_SERVING_HOST_LOCAL_2"])
+    assert second["host"] == "tcp://10.217.0.2:2376" and second["extra"]["publish_address"] == "10.217.0.2"
+    assert second["extra"]["tls_verify"] and second["extra"]["tls_client_key"].startswith(str(s.secrets_dir))
+    tfs = json.loads(airflow["AIRFLOW_CONN_TFSERVING_LOCAL"])["extra"]
+    assert tfs["replica_hosts"] == ["127.0.0.1", "10.217.0.2"] and tfs["replicas"] == 3
+    text = stack.router_config(s)
+    rest = [line.split()[1:3] for line in backend(text, "local_rest") if line.split()[0] == "server"]
+    assert rest == [
+        ["replica1", f"127.0.0.1:{s.replica_rest_port}"],
+        ["replica2", f"10.217.0.2:{s.replica_rest_port + 2}"],
+        ["replica3", f"127.0.0.1:{s.replica_rest_port + 4}"],
+    ]
+    canary = [line.split()[2] for line in backend(text, "local_canary_rest") if line.split()[0] == "server"]
+    assert canary == [f"127.0.0.1:{s.canary_replica_rest_port}"]  # one replica: the first host
+    assert "X-Served-By-Replica %[srv_name]" in text
+    # Prometheus finds the replicas on both engines and scrapes each where its port is published
+    import yaml
+
+    serving = next(
+        job for job in yaml.safe_load(stack.prometheus_config(s))["scrape_configs"] if job["job_name"] == "serving"
+    )
+    first, second_sd = serving["docker_sd_configs"]
+    assert first["host"] == s.docker_host and second_sd["host"] == "https://10.217.0.2:2376"
+    assert second_sd["tls_config"]["key_file"] == str(s.docker2_tls_dir / "key.pem")
+    [address_rule] = [r for r in serving["relabel_configs"] if r.get("target_label") == "__address__"]
+    value = address_rule["separator"].join(("10.217.0.2", "8513"))
+    assert address_rule["replacement"].replace("$1", value) == "10.217.0.2:8513"
+    haproxy = shutil.which("haproxy")
+    if haproxy:
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(text)
+        stack.router_map(s).parent.mkdir(parents=True, exist_ok=True)
+        for name in stack.ROUTER_MAPS:
+            stack.router_map(s, name).touch()
+        done = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+
+
+def test_one_serving_host_keeps_every_replica_on_loopback(env):
+    s = Settings()
+    assert stack.serving_host_addresses(s) == ["127.0.0.1"]
+    servers = [line.split()[2] for line in stack.router_config(s).splitlines() if line.strip().startswith("server ")]
+    assert all(addr.startswith("127.0.0.1:") for addr in servers)
+
+
+def test_down_deletes_only_a_namespace_this_stack_set_up(env, monkeypatch):
+    calls: list[tuple[str, ...]] = []
+
+    def ip(*args: str, check: bool = True):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout="tfdeploy-dev (id: 0)\n", stderr="")
+
+    monkeypatch.setattr(stack, "_ip", ip)
+    s = Settings()
+    stack.docker2_network_down(s)  # another checkout's stack of this profile has a namespace of that name
+    assert calls == []
+    stack.docker2_network_up(s)
+    assert ("netns", "add", "tfdeploy-dev") not in calls  # it exists: kept
+    assert ("-n", "tfdeploy-dev", "addr", "replace", "10.217.0.2/30", "dev", "tfdeploy-dev-n") in calls
+    calls.clear()
+    stack.docker2_network_down(s)
+    assert ("netns", "delete", "tfdeploy-dev") in calls
+    calls.clear()
+    stack.docker2_network_down(s)
+    assert calls == []
