@@ -110,4 +110,4 @@ def test_the_server_s_rules_ask_every_connection_for_a_password(settings):
     roles = stack._pg_query(
         settings, "SELECT rolname, rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolcanlogin"
     )
-    assert dict(roles) == {stack.PG_SUPERUSER: True, settings.postgres_user: True}
+    assert dict(roles) == {stack.PG_SUPERUSER: True, settings.postgres_user: True, settings.airflow_db_user: True}

@@ -52,6 +52,6 @@ def test_the_passwords_and_the_airflow_home_are_private(settings):
     assert mode(stack.airflow_passwords_file(settings)) == 0o600
     assert mode(settings.airflow_home) == 0o700
     assert mode(settings.secrets_dir) == 0o700
-    assert {p.name: mode(p) for p in settings.secrets_dir.iterdir()} == {
-        p.name: 0o600 for p in settings.secrets_dir.iterdir()
-    }
+    # files 0600; directories of secrets (the second Docker engine's TLS material) 0700, their files 0600
+    found = {str(p.relative_to(settings.secrets_dir)): (p.is_dir(), mode(p)) for p in settings.secrets_dir.rglob("*")}
+    assert found == {name: (is_dir, 0o700 if is_dir else 0o600) for name, (is_dir, _) in found.items()}
