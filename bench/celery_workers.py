@@ -1,9 +1,11 @@
 """20 models deployed at once through the CeleryExecutor: one Celery worker against two (issue 15).
 
 Builds the example model once, then triggers N model_deploy runs at once (N different model names, the same
-SavedModel, strategy all_at_once, no approval) and times from the first trigger to the last run's end, twice in
-the same script: with both workers (worker1, worker2: 4 task slots each), then with worker2 stopped (4 slots). The
-figure is the speedup ratio (1 worker's wall time / 2 workers'), with each run's task placement per worker.
+SavedModel, strategy all_at_once, no approval) and times from the first trigger to the last run's end, in passes in
+the same script: with both workers (worker1, worker2: 4 task slots each) and with worker2 stopped (4 slots). The
+figure is the speedup ratio (1 worker's mean wall time / 2 workers'), with each run's task placement per worker;
+the passes run in an A-B-A order by default (--passes), so a drift over the run (more models in the pools with each
+pass, the machine's other load) does not favour one side.
 Results: bench/results/celery_workers.{json,md}. Runs on the stack named by --stack (default dev)."""
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -19,32 +20,22 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--stack", default=os.environ.get("TFDEPLOY_STACK", "dev"))
-os.environ["TFDEPLOY_STACK"] = _pre.parse_known_args()[0].stack  # before settings are read
+from _common import RESULTS, airflow_client, bench_dir, bootstrap, build_examples, deploy_conf, write_json
+
+STACK_ARG = bootstrap("dev")  # before stack and tfdeploy are imported
 
 import stack  # noqa: E402
+from tfdeploy.airflow_client import AirflowClient  # noqa: E402
 from tfdeploy.settings import get_settings  # noqa: E402
 
-for _k, _v in stack.airflow_env(get_settings()).items():
-    os.environ.setdefault(_k, _v)
-
-from tfdeploy.airflow_client import AirflowClient  # noqa: E402
-
 DAG = "model_deploy"
-RESULTS = ROOT / "bench" / "results"
 MAX_SECONDS = 1800  # a configuration that takes longer is reported as such
 
 
 def build_example(out: Path) -> Path:
+    """The example model (its `good` variant) in `out`, built unless it is there already."""
     if not (out / "saved_model" / "saved_model.pb").exists():
-        subprocess.run(
-            [sys.executable, str(ROOT / "include" / "example_model" / "build.py"), "--out", str(out)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        build_examples(out.parent, {out.name: ("good", 0)})
     return out
 
 
@@ -53,12 +44,7 @@ def deploy_all(client: AirflowClient, example: Path, n: int, tag: str) -> dict:
     started = time.monotonic()
     runs = {}
     for model in models:
-        conf = {
-            "model_name": model,
-            "source": str(example / "saved_model"),
-            "golden_path": str(example / "golden.json"),
-            "strategy": "all_at_once",
-        }
+        conf = deploy_conf(model, example, strategy="all_at_once")
         runs[model] = client.trigger(DAG, conf=conf)["dag_run_id"]
 
     def wait(model: str) -> dict:
@@ -83,37 +69,59 @@ def deploy_all(client: AirflowClient, example: Path, n: int, tag: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(parents=[_pre], description=__doc__)
+    parser = argparse.ArgumentParser(parents=[STACK_ARG], description=__doc__)
     parser.add_argument("-n", type=int, default=20, help="models deployed at once")
+    parser.add_argument(
+        "--passes",
+        default="two,one,two",
+        help="the passes in order, each `one` or `two` (workers); the default A-B-A order cancels a drift over the "
+        "run (the pools serve more models with each pass)",
+    )
     args = parser.parse_args()
+    passes = [p.strip() for p in args.passes.split(",") if p.strip()]
+    if not passes or set(passes) - {"one", "two"} or not {"one", "two"} <= set(passes):
+        parser.error(f"--passes must name `one` and `two` passes (comma-separated), not {args.passes!r}")
     s = get_settings()
-    client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password, timeout=30)
-    client.wait_for_dag(DAG)
-    client.unpause(DAG)
-    s.example_dir.mkdir(parents=True, exist_ok=True)
-    example = build_example(s.example_dir / "bench-workers")
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "stack": s.stack, "n": args.n}
-    results["two_workers"] = deploy_all(client, example, args.n, "two")
-    stack.stop_service(s, "airflow-worker2")
+    client = airflow_client(DAG, timeout=30)
+    example = build_example(bench_dir() / "bench-workers")
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "stack": s.stack, "n": args.n, "passes": []}
     try:
-        results["one_worker"] = deploy_all(client, example, args.n, "one")
+        for index, workers in enumerate(passes):
+            if workers == "one":
+                stack.stop_service(s, "airflow-worker2")
+            else:
+                stack.up_airflow(s)  # both workers answer before the pass starts
+            result = deploy_all(client, example, args.n, f"{workers}{index}")
+            results["passes"].append({"workers": workers, **result})
+            print(json.dumps(results["passes"][-1]), flush=True)
     finally:
         stack.up_airflow(s)  # worker2 back
-    results["speedup"] = round(results["one_worker"]["wall_s"] / results["two_workers"]["wall_s"], 2)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "celery_workers.json").write_text(json.dumps(results, indent=2) + "\n")
-    two, one = results["two_workers"], results["one_worker"]
+
+    def mean_wall(workers: str) -> float:
+        walls = [p["wall_s"] for p in results["passes"] if p["workers"] == workers]
+        return round(sum(walls) / len(walls), 1)
+
+    results["one_worker_wall_s"], results["two_workers_wall_s"] = mean_wall("one"), mean_wall("two")
+    results["speedup"] = round(results["one_worker_wall_s"] / results["two_workers_wall_s"], 2)
+    write_json("celery_workers", results)
+    rows = "\n".join(
+        f"| {i + 1} | {2 if p['workers'] == 'two' else 1} | {p['wall_s']} | {p['states']} | "
+        f"{p['tasks_per_worker']} | {p['load_average_at_end']} |"
+        for i, p in enumerate(results["passes"])
+    )
     (RESULTS / "celery_workers.md").write_text(
         f"""# {args.n} models deployed at once: 1 Celery worker against 2 (`bench/celery_workers.py`)
 
 Stack `{s.stack}`, {os.cpu_count()} CPUs. Each worker has 4 task slots (Celery concurrency 4); `parallelism` 8.
+Passes in the order run (`--passes {args.passes}`); the load average (1, 5, 15 min) at each pass's end shows
+whether anything else ran on the machine.
 
-| workers | wall time (s) | runs | tasks per worker |
-|---|---|---|---|
-| 2 | {two["wall_s"]} | {two["states"]} | {two["tasks_per_worker"]} |
-| 1 | {one["wall_s"]} | {one["states"]} | {one["tasks_per_worker"]} |
+| pass | workers | wall time (s) | runs | tasks per worker | load average at end |
+|---|---|---|---|---|---|
+{rows}
 
-**Speedup of the second worker: {results["speedup"]}x** (1 worker's wall time / 2 workers').
+Mean wall time: {results["one_worker_wall_s"]} s with 1 worker, {results["two_workers_wall_s"]} s with 2.
+**Speedup of the second worker: {results["speedup"]}x** (1 worker's mean wall time / 2 workers').
 
 What bounds it: this machine has {os.cpu_count()} cores for everything (both workers, the scheduler, the
 api-server, HDFS, PostgreSQL, the sandbox containers that validate each model, the serving replicas), so a second

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,82 +34,32 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--stack", default=os.environ.get("TFDEPLOY_STACK", "test"))
-os.environ["TFDEPLOY_STACK"] = _pre.parse_known_args()[0].stack  # before settings are read
+from _common import (
+    INSIDE,
+    Predict,
+    PredictLoad,
+    airflow_client,
+    bench_dir,
+    bootstrap,
+    build_examples,
+    deploy_conf,
+    latency_ms,
+    local_session,
+    status_codes,
+    write_json,
+    write_report,
+)
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
+STACK_ARG = bootstrap()  # before stack and tfdeploy are imported
 
 import stack  # noqa: E402
 from tfdeploy.settings import get_settings  # noqa: E402
-
-for _k, _v in stack.airflow_env(get_settings()).items():
-    os.environ.setdefault(_k, _v)
-
-from tfdeploy.airflow_client import AirflowClient  # noqa: E402
-
-
-def bench_dir() -> Path:
-    """Where the example models are built: under the stack's example directory, one of the golden-file roots
-    the pipeline accepts (GOLDEN_ROOTS; /tmp is not one)."""
-    path = get_settings().example_dir
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
 
 DAG = "model_deploy"
 STEPS = [5, 25, 50, 100]
 MAX_SECONDS = 480  # every load loop stops by itself
 MAX_RECORDS = 200_000
 GOALS = {"share_within_points": 3.0, "requests_per_step": 1000}
-INSIDE = [0.5, -0.25, 0.1, 0.75]
-OUTSIDE = [1.5, -0.25, 0.1, 0.75]  # what `fragile` refuses (HTTP 400); every other version answers it
-
-
-class Load:
-    """Unversioned predicts at `rate`/s over `workers` threads; a share `outside` of them with inputs outside
-    [-1, 1]. Records (start, end, status, X-Served-By, ms), times as epoch seconds."""
-
-    def __init__(self, url: str, rate: float, outside: float, workers: int = 4) -> None:
-        self.url, self.rate, self.outside, self.workers = url, rate, outside, workers
-        self.records: list[tuple[float, float, int, str, float]] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def _run(self, worker: int) -> None:
-        interval = self.workers / self.rate
-        deadline = time.monotonic() + MAX_SECONDS
-        every = round(1 / self.outside) if self.outside else 0
-        with requests.Session() as session:
-            session.trust_env = False
-            next_at, i = time.monotonic(), worker
-            while not self.stop.is_set() and time.monotonic() < deadline and len(self.records) < MAX_RECORDS:
-                i += self.workers
-                body = {"instances": [OUTSIDE if every and i % every == 0 else INSIDE]}
-                t0, start = time.monotonic(), time.time()
-                try:
-                    resp = session.post(self.url, json=body, timeout=10)
-                    status, side = resp.status_code, resp.headers.get("X-Served-By", "")
-                except requests.RequestException:
-                    status, side = 0, ""
-                with self.lock:
-                    self.records.append((start, time.time(), status, side, (time.monotonic() - t0) * 1e3))
-                next_at += interval
-                self.stop.wait(max(0.0, next_at - time.monotonic()))
 
 
 class WeightMonitor:
@@ -163,27 +112,18 @@ def segments(changes: list[tuple[float, float, int]], end: float) -> list[dict]:
     return out
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 2) if values else None
-
-
-def summarize(records: list) -> dict:
-    ok = [r[4] for r in records if r[2] == 200]
-    codes: dict[str, int] = {}
-    for r in records:
-        codes[str(r[2])] = codes.get(str(r[2]), 0) + 1
+def summarize(records: list[Predict]) -> dict:
+    """The load's figures: calls sent, their status codes, which side answered, p50/p99 of the answered (200)."""
     return {
         "sent": len(records),
-        "status_codes": codes,
+        "status_codes": status_codes(r[2] for r in records),
         "answered_by": {side: sum(1 for r in records if r[3] == side) for side in ("stable", "canary")},
-        "p50_ms": percentile(ok, 50),
-        "p99_ms": percentile(ok, 99),
+        **latency_ms([r[4] for r in records if r[2] == 200]),
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--stack", default=os.environ["TFDEPLOY_STACK"], help="stack profile (default: test)")
+    parser = argparse.ArgumentParser(parents=[STACK_ARG])
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s of the constant load")
     parser.add_argument("--workers", type=int, default=4, help="load threads")
     parser.add_argument("--step-seconds", type=float, default=10.0, help="bake time per step")
@@ -193,12 +133,8 @@ def main() -> int:
     parser.add_argument("--max-error-rate", type=float, default=0.01, help="allowed error rate above stable's")
     args = parser.parse_args()
     s = get_settings()
-    client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password)
-    client.wait_for_dag(DAG)
-    client.unpause(DAG)
-    registry = requests.Session()
-    registry.trust_env = False
-    registry.headers["Authorization"] = f"Bearer {client.token()}"
+    client = airflow_client(DAG)
+    registry = local_session(client.token())
 
     def api(path: str, **params: object) -> dict:
         resp = registry.get(f"{s.airflow_url}/registry/v1{path}", params=params, timeout=10)
@@ -224,41 +160,28 @@ def main() -> int:
     }
     url = f"http://127.0.0.1:{s.serving_rest_port}/v1/models/{model}:predict"
     with tempfile.TemporaryDirectory(prefix="bench-gray-", dir=bench_dir()) as tmp:
-        build = ROOT / "include" / "example_model" / "build.py"
         variants = {"v1": ("good", 0), "good": ("better", seed), "bad": ("fragile", seed + 1)}
-        procs = {
-            name: subprocess.Popen(
-                [sys.executable, str(build), "--out", str(Path(tmp) / name), "--variant", v, "--seed", str(sd)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for name, (v, sd) in variants.items()
-        }
-        for name, proc in procs.items():
-            _, err = proc.communicate(timeout=600)
-            if proc.returncode != 0:
-                raise RuntimeError(f"building the {name} example failed: {err.decode()[-2000:]}")
+        examples = build_examples(Path(tmp), variants)
         results["candidates"] = {name: {"variant": v, "seed": sd} for name, (v, sd) in variants.items()}
 
         def conf(name: str, **extra: object) -> dict:
-            return {
-                "model_name": model,
-                "source": str(Path(tmp) / name / "saved_model"),
-                "golden_path": str(Path(tmp) / name / "golden.json"),
-                **extra,
-            }
+            return deploy_conf(model, examples[name], **extra)
 
         run = client.trigger(DAG, conf=conf("v1", strategy="all_at_once"))
         if client.wait_for_run(DAG, run["dag_run_id"], timeout=600)["state"] != "success":
             raise RuntimeError(f"releasing v1 of {model} failed: run {run['dag_run_id']}")
-        with requests.Session() as warm:  # the serving path warm before the measured runs
-            warm.trust_env = False
+        with local_session() as warm:  # the serving path warm before the measured runs
             for _ in range(50):
                 warm.post(url, json={"instances": [INSIDE]}, timeout=10).raise_for_status()
 
         for name in ("good", "bad"):
             after = max((e["id"] for e in api(f"/models/{model}/history", limit=1)["events"]), default=0)
-            with WeightMonitor(model) as monitor, Load(url, args.rate, args.outside, args.workers) as load:
+            with (
+                WeightMonitor(model) as monitor,
+                PredictLoad(
+                    url, args.rate, args.outside, args.workers, max_seconds=MAX_SECONDS, max_records=MAX_RECORDS
+                ) as load,
+            ):
                 time.sleep(1)
                 run = client.trigger(
                     DAG,
@@ -319,12 +242,8 @@ def main() -> int:
                 r |= bad_candidate(client, api, model, run["dag_run_id"], tis, monitor, load.records, ended, args)
             results[f"{name}_candidate"] = r
 
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gray_release.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = report(results)
-    (out / "gray_release.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_json("gray_release", results)
+    write_report("gray_release", report(results))
     return 0
 
 

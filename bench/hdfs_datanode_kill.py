@@ -37,25 +37,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
-os.environ.setdefault("TFDEPLOY_STACK", "test")  # before settings are read: never litter the user's store
+from _common import RESULTS, ROOT, bootstrap, write_json
 
-import stack  # noqa: E402
-from tfdeploy.settings import get_settings  # noqa: E402
-
-for _k, _v in stack.airflow_env(get_settings()).items():
-    os.environ.setdefault(_k, _v)
+bootstrap(stack_flag=False)  # TFDEPLOY_STACK, else the test stack (never litter the user's store)
 
 from datanode_kill import MidUploadKill, restart_stopped_datanodes  # noqa: E402
 
+import stack  # noqa: E402
 from tfdeploy.core import manifest as mf  # noqa: E402
 from tfdeploy.hooks.model_store import ModelStoreHook  # noqa: E402
 from tfdeploy.hooks.model_store.client import DATANODE_RETRY_DELAYS  # noqa: E402
+from tfdeploy.settings import get_settings  # noqa: E402
 
 HALF_PLUS_TWO = ROOT / "tests" / "data" / "tfserving-testdata" / "saved_model_half_plus_two_cpu" / "00000123"
 CASES = ("two_up", "kill_receiving", "kill_other")
-RESULTS = ROOT / "bench" / "results"
 
 
 def make_export(where: Path, shards: int, shard_mib: int) -> Path:
@@ -210,8 +205,7 @@ def main() -> int:
         "median_after_kill": after_kill,
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "hdfs_datanode_kill.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json("hdfs_datanode_kill", out)
     (RESULTS / "hdfs_datanode_kill.md").write_text(markdown(out))
     print(json.dumps({"median_export_s": medians, "ratios": ratios}))
     return 0

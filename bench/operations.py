@@ -56,40 +56,35 @@ from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--stack", default=os.environ.get("TFDEPLOY_STACK", "test"))
-os.environ["TFDEPLOY_STACK"] = _pre.parse_known_args()[0].stack  # before settings are read
+import docker
+import numpy as np
+import yaml
+from _common import (
+    INSIDE,
+    RESULTS,
+    ROOT,
+    Predict,
+    PredictLoad,
+    airflow_client,
+    bench_dir,
+    bootstrap,
+    build_examples,
+    deploy_conf,
+    local_session,
+    status_codes,
+    write_json,
+    write_report,
+)
+from aiosmtpd.controller import Controller
 
-import docker  # noqa: E402
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-import yaml  # noqa: E402
-from aiosmtpd.controller import Controller  # noqa: E402
+STACK_ARG = bootstrap()  # before stack and tfdeploy are imported
 
 import stack  # noqa: E402
 from tfdeploy.settings import get_settings  # noqa: E402
 
-for _k, _v in stack.airflow_env(get_settings()).items():
-    os.environ.setdefault(_k, _v)
-
-from tfdeploy.airflow_client import AirflowClient  # noqa: E402
-
-
-def bench_dir() -> Path:
-    """Where the example models are built: under the stack's example directory, one of the golden-file roots
-    the pipeline accepts (GOLDEN_ROOTS; /tmp is not one)."""
-    path = get_settings().example_dir
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 GOALS = {"alert_s": 60.0, "rollback_s": 90.0}
 MAX_SECONDS = 600  # every load loop stops by itself
 MAX_RECORDS = 50_000
-INSIDE = [0.5, -0.25, 0.1, 0.75]
-OUTSIDE = [1.5, -0.25, 0.1, 0.75]  # what `fragile` refuses (HTTP 400); every other version answers it
 VARIANTS = {"good": ("good", 0), "better": ("better", 0), "noisy": ("noisy", 0), "fragile": ("fragile", 1)}
 DAGS = ("model_deploy", "model_rollback", "model_health")
 
@@ -134,58 +129,21 @@ class Mailbox:
 # ----------------------------------------------------------------------------- load, watching
 
 
-class Load:
+def load(url: str, rate: float, outside: float, workers: int) -> PredictLoad:
     """Unversioned predicts at `rate`/s over `workers` threads, a share `outside` of them with inputs outside
-    [-1, 1]; records (start epoch, end epoch, status)."""
+    [-1, 1], bounded by MAX_SECONDS and MAX_RECORDS."""
+    return PredictLoad(url, rate, outside, workers, max_seconds=MAX_SECONDS, max_records=MAX_RECORDS)
 
-    def __init__(self, url: str, rate: float, outside: float, workers: int = 2) -> None:
-        self.url, self.rate, self.outside, self.workers = url, rate, outside, workers
-        self.records: list[tuple[float, float, int]] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
 
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def _run(self, worker: int) -> None:
-        interval = self.workers / self.rate
-        deadline = time.monotonic() + MAX_SECONDS
-        every = round(1 / self.outside) if self.outside else 0
-        with requests.Session() as session:
-            session.trust_env = False
-            next_at, i = time.monotonic(), worker
-            while not self.stop.is_set() and time.monotonic() < deadline and len(self.records) < MAX_RECORDS:
-                i += self.workers
-                body = {"instances": [OUTSIDE if every and i % every == 0 else INSIDE]}
-                start = time.time()
-                try:
-                    status = session.post(self.url, json=body, timeout=10).status_code
-                except requests.RequestException:
-                    status = 0
-                with self.lock:
-                    self.records.append((start, time.time(), status))
-                next_at += interval
-                self.stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def summary(self, t0: float) -> dict:
-        codes: dict[str, int] = {}
-        for rec in self.records:
-            codes[str(rec[2])] = codes.get(str(rec[2]), 0) + 1
-        bad = [rec for rec in self.records if rec[2] != 200]
-        return {
-            "sent": len(self.records),
-            "status_codes": codes,
-            "first_error_s": since(t0, min((r[1] for r in bad), default=None)),
-            "last_error_s": since(t0, max((r[1] for r in bad), default=None)),
-        }
+def load_summary(records: list[Predict], t0: float) -> dict:
+    """The clients' view: calls sent, their status codes, the first and the last error (s after t0)."""
+    bad = [rec for rec in records if rec[2] != 200]
+    return {
+        "sent": len(records),
+        "status_codes": status_codes(rec[2] for rec in records),
+        "first_error_s": since(t0, min((r[1] for r in bad), default=None)),
+        "last_error_s": since(t0, max((r[1] for r in bad), default=None)),
+    }
 
 
 class Watch:
@@ -235,12 +193,9 @@ class Ops:
 
     def __init__(self) -> None:
         self.s = get_settings()
-        self.airflow = AirflowClient(self.s.airflow_url, self.s.airflow_user, self.s.airflow_password)
-        self.http = requests.Session()
-        self.http.trust_env = False
-        self.http.headers["Authorization"] = f"Bearer {self.airflow.token()}"
-        self.plain = requests.Session()
-        self.plain.trust_env = False
+        self.airflow = airflow_client()
+        self.http = local_session(self.airflow.token())
+        self.plain = local_session()
         self.rest = f"http://127.0.0.1:{self.s.serving_rest_port}"
 
     def registry(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -350,35 +305,12 @@ def timeline(ops: Ops, model: str, t0: float) -> list[dict]:
 # ----------------------------------------------------------------------------- set-up
 
 
-def build_examples(out: Path) -> dict[str, Path]:
-    build = ROOT / "include" / "example_model" / "build.py"
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, str(build), "--out", str(out / name), "--variant", variant, "--seed", str(seed)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for name, (variant, seed) in VARIANTS.items()
-    }
-    for name, proc in procs.items():
-        _, err = proc.communicate(timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"building the {name} example failed: {err.decode()[-2000:]}")
-    return {name: out / name for name in VARIANTS}
-
-
 def release_two_versions(ops: Ops, model: str, examples: dict[str, Path]) -> dict:
     """v1 (good), then v2 (better), each all_at_once: v2 in production, v1 superseded. Returns the versions."""
     seconds = []
     for name in ("good", "better"):
-        conf = {
-            "model_name": model,
-            "source": str(examples[name] / "saved_model"),
-            "golden_path": str(examples[name] / "golden.json"),
-            "strategy": "all_at_once",
-        }
         started = time.time()
-        run = ops.airflow.trigger("model_deploy", conf=conf)
+        run = ops.airflow.trigger("model_deploy", conf=deploy_conf(model, examples[name], strategy="all_at_once"))
         final = ops.airflow.wait_for_run("model_deploy", run["dag_run_id"], timeout=900)
         if final["state"] != "success":
             raise RuntimeError(f"releasing {name} as {model} failed: run {run['dag_run_id']}")
@@ -472,7 +404,7 @@ def scenario_a(ops: Ops, mailbox: Mailbox, model: str, versions: dict, args: arg
     )
     url = f"{ops.rest}/v1/models/{model}:predict"
     out: dict = {"model": model, "container": name, "router_server": f"local_rest/{server}", **versions}
-    with Load(url, args.rate, 0.0, args.workers) as load:
+    with load(url, args.rate, 0.0, args.workers) as clients:
         time.sleep(2)
         t0 = time.time()
         try:
@@ -535,7 +467,7 @@ def scenario_a(ops: Ops, mailbox: Mailbox, model: str, versions: dict, args: arg
             "registry_resolved_s": back.at("registry_resolved"),
             "mail_resolved_s": back.at("mail_resolved"),
         },
-        "load": load.summary(t0),
+        "load": load_summary(clients.records, t0),
         "alerts_of_the_model": model_alerts(ops, model, t0),
         "history": timeline(ops, model, t0),
         "watch_errors": watch.errors,
@@ -665,7 +597,7 @@ def scenario_c(ops: Ops, mailbox: Mailbox, model: str, versions: dict, fragile: 
     warm(ops, model)
     url = f"{ops.rest}/v1/models/{model}:predict"
     swapped = swap(model, version, fragile)
-    with Load(url, args.rate, 0.5, args.workers) as load:
+    with load(url, args.rate, 0.5, args.workers) as clients:
         t0 = time.time()  # the replicas refuse inputs outside [-1, 1] from here, and the load starts
         out["swap"] = {k: v for k, v in swapped.items() if k != "started"}
         watch = Watch(t0)
@@ -701,7 +633,7 @@ def scenario_c(ops: Ops, mailbox: Mailbox, model: str, versions: dict, fragile: 
         "mail_subject": mail[1] if mail else None,
         "production_back_s": watch.at("production_back"),
         "router_answers_earlier_s": watch.at("router_answers_earlier"),
-        "load": load.summary(t0),
+        "load": load_summary(clients.records, t0),
         "rate": args.rate,
         "watch_errors": watch.errors,
     }
@@ -814,8 +746,7 @@ def intervals(ops: Ops) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--stack", default=os.environ["TFDEPLOY_STACK"], help="stack profile (default: test)")
+    parser = argparse.ArgumentParser(parents=[STACK_ARG])
     parser.add_argument("--rate", type=float, default=10.0, help="requests/s of the light load (A and C)")
     parser.add_argument("--workers", type=int, default=2, help="load threads")
     parser.add_argument("--swap-second", type=float, default=30.0, help="B: swap at this second of a minute")
@@ -824,11 +755,8 @@ def main() -> int:
     parser.add_argument("--only", default="ABC", choices=["A", "B", "C", "AB", "AC", "BC", "ABC"], help="scenarios")
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json; run nothing")
     args = parser.parse_args()
-    out = ROOT / "bench" / "results"
     if args.report_only:
-        lines = report(json.loads((out / "operations.json").read_text()))
-        (out / "operations.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        write_report("operations", report(json.loads((RESULTS / "operations.json").read_text())))
         return 0
     ops = Ops()
     s = ops.s
@@ -861,7 +789,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-ops-", dir=bench_dir()) as tmp:
             t = time.time()
-            examples = build_examples(Path(tmp))
+            examples = build_examples(Path(tmp), VARIANTS)
             results["examples_build_s"] = round(time.time() - t, 1)
             for key in args.only:
                 model = f"bench_ops_{key.lower()}_{suffix}"
@@ -887,11 +815,8 @@ def main() -> int:
         {"at": time.strftime("%H:%M:%S", time.gmtime(at)), "subject": subject} for at, subject, _ in mailbox.messages
     ]
     results["memory_after"] = monitoring_memory(ops)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "operations.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    lines = report(results)
-    (out / "operations.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_json("operations", results)
+    write_report("operations", report(results))
     return 0
 
 

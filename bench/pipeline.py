@@ -39,24 +39,27 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
-os.environ.setdefault("TFDEPLOY_STACK", "test")  # before settings are read: never litter the user's registry
+from _common import (
+    airflow_client,
+    bench_dir,
+    bootstrap,
+    build_examples,
+    deploy_conf,
+    local_session,
+    write_json,
+    write_report,
+)
 
-import stack  # noqa: E402
-from tfdeploy.settings import get_settings  # noqa: E402
-
-for _k, _v in stack.airflow_env(get_settings()).items():
-    os.environ.setdefault(_k, _v)
+bootstrap(stack_flag=False)  # TFDEPLOY_STACK, else the test stack (never litter the user's registry)
 
 from tfdeploy.airflow_client import AirflowClient  # noqa: E402
+from tfdeploy.settings import get_settings  # noqa: E402
 
 DAG = "model_deploy"
 
@@ -67,15 +70,7 @@ def ts(value: str | None) -> float:
 
 def deploy(client: AirflowClient, model: str, example: Path, saved_model: Path) -> dict:
     t0 = time.time()
-    run = client.trigger(
-        DAG,
-        conf={
-            "model_name": model,
-            "source": str(saved_model),
-            "golden_path": str(example / "golden.json"),
-            "strategy": "all_at_once",
-        },
-    )
+    run = client.trigger(DAG, conf=deploy_conf(model, example, source=str(saved_model), strategy="all_at_once"))
     final = client.wait_for_run(DAG, run["dag_run_id"], timeout=1800)
     total = time.time() - t0
     tis = client.task_instances(DAG, run["dag_run_id"])
@@ -173,8 +168,7 @@ def raw_baseline(model: str, saved_model: Path, golden: Path, workdir: Path) -> 
         return now
 
     container = None
-    session = requests.Session()
-    session.trust_env = False
+    session = local_session()
     try:
         marks.append(time.perf_counter())
         hdfs.upload(hdfs_dir, str(saved_model), n_threads=workers)  # (1)
@@ -288,20 +282,11 @@ def main() -> int:
     )
     args = parser.parse_args()
     s = get_settings()
-    client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password)
-    client.wait_for_dag(DAG)
-    client.unpause(DAG)
+    client = airflow_client(DAG)
     results: dict = {"machine": {"cpus": os.cpu_count()}, "stack": s.stack}
-    s.example_dir.mkdir(parents=True, exist_ok=True)  # a golden-file root the pipeline accepts (/tmp is not)
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir=s.example_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir=bench_dir()) as tmp:
         Path(tmp).chmod(0o755)  # the raw baseline bind-mounts a model directory from here into a container
-        example = Path(tmp) / "good"
-        subprocess.run(
-            [sys.executable, str(ROOT / "include" / "example_model" / "build.py"), "--out", str(example)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        example = build_examples(Path(tmp), {"good": ("good", 0)})["good"]
         golden = example / "golden.json"
         # Airflow's LocalExecutor workers start cold (their first task imports Airflow: ~2.5 s): one warm-up
         # release first, so the figures are a running stack's, not a just-restarted one's (reported apart).
@@ -318,9 +303,7 @@ def main() -> int:
             results["raw_large_model"] = timed_raw(name, large, golden, Path(tmp))
             results["large_model"] = deploy(client, name, example, large)
     against_goals(results)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json("pipeline", results)
     lines = [
         f"# Deployment pipeline ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, stack {s.stack})",
         "",
@@ -375,8 +358,7 @@ def main() -> int:
                 f"({r['publish_MBps']} MB/s) vs plain single-stream upload {r['plain_single_stream_s']} s "
                 f"({r['plain_MBps']} MB/s): {r['speedup_vs_plain']}x"
             )
-    (out / "pipeline.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("pipeline", lines)
     return 1 if any("error" in results.get(f"raw_{key}", {}) for key in RUNS) else 0
 
 

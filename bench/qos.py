@@ -23,43 +23,44 @@ Run: .venv/bin/python bench/qos.py [--cap 1] [--load 2.0] [--high-share 0.25] [-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--stack", default=os.environ.get("TFDEPLOY_STACK", "test"))
-os.environ["TFDEPLOY_STACK"] = _pre.parse_known_args()[0].stack  # before settings are read
+import requests
+from _common import (
+    INSIDE,
+    PacedLoad,
+    airflow_client,
+    bootstrap,
+    build_examples,
+    deploy_conf,
+    latency_ms,
+    local_session,
+    status_codes,
+    write_json,
+    write_report,
+)
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
+STACK_ARG = bootstrap()  # before stack and tfdeploy are imported
 
 import stack  # noqa: E402
 from tfdeploy.settings import get_settings  # noqa: E402
-
-for _k, _v in stack.airflow_env(get_settings()).items():
-    os.environ.setdefault(_k, _v)
-
-from tfdeploy.airflow_client import AirflowClient  # noqa: E402
 
 DAG = "model_deploy"
 MAX_SECONDS = 120  # every load loop stops by itself
 MAX_RECORDS = 100_000
 GOALS = {"high_success_rate": 0.99, "high_p99_to_unloaded": 2.0}
-BODY = {"instances": [[0.5, -0.25, 0.1, 0.75]]}
+BODY = {"instances": [INSIDE]}
 SHED = (429, 503)
+Call = tuple[int, float, str | None]  # status (0: no answer), seconds, Retry-After
 
 
-def call(session: requests.Session, url: str, priority: str) -> tuple[int, float, str | None]:
+def call(session: requests.Session, url: str, priority: str) -> Call:
     """One predict: (status, seconds, Retry-After); status 0 if no answer."""
     t0 = time.perf_counter()
     try:
@@ -69,42 +70,18 @@ def call(session: requests.Session, url: str, priority: str) -> tuple[int, float
         return 0, time.perf_counter() - t0, None
 
 
-class Callers:
-    """`threads` callers of one priority class; paced at `rate`/s in all (open loop: a caller that falls behind
-    catches up), or, with rate None, each calling again as soon as it is answered (closed loop)."""
+class Callers(PacedLoad[Call]):
+    """`threads` callers of one priority class, out of phase; paced at `rate`/s in all (open loop: a caller that
+    falls behind catches up), or, with rate None, each calling again as soon as it is answered (closed loop)."""
 
     def __init__(self, url: str, priority: str, threads: int, rate: float | None) -> None:
-        self.url, self.priority, self.rate = url, priority, rate
-        self.records: list[tuple[int, float, str | None]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(
+            url, rate, threads, max_seconds=MAX_SECONDS, max_records=MAX_RECORDS, stagger=True, join_timeout=60
+        )
+        self.priority = priority
 
-    def __enter__(self) -> Callers:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-
-    def _run(self) -> None:
-        interval = len(self.threads) / self.rate if self.rate else 0.0
-        deadline = time.monotonic() + MAX_SECONDS
-        with requests.Session() as session:
-            session.trust_env = False
-            next_at = time.monotonic() + interval * np.random.default_rng().random()  # threads out of phase
-            self.stop.wait(max(0.0, next_at - time.monotonic()))
-            while not self.stop.is_set() and time.monotonic() < deadline and len(self.records) < MAX_RECORDS:
-                self.records.append(call(session, self.url, self.priority))
-                if interval:
-                    next_at += interval
-                    self.stop.wait(max(0.0, next_at - time.monotonic()))
-
-
-def ms(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)) * 1e3, 2) if values else None
+    def one_call(self, session: requests.Session, n: int) -> Call:
+        return call(session, self.url, self.priority)
 
 
 def set_maxconn(s, servers: list[str], value: int) -> None:
@@ -122,8 +99,7 @@ def maxconns(s) -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--stack", default=os.environ["TFDEPLOY_STACK"], help="stack profile (default: test)")
+    parser = argparse.ArgumentParser(parents=[STACK_ARG])
     parser.add_argument("--cap", type=int, default=1, help="maxconn of each stable replica during the run")
     parser.add_argument("--load", type=float, default=2.0, help="offered load as a multiple of the capacity")
     parser.add_argument("--high-share", type=float, default=0.25, help="share of the calls with X-Priority: high")
@@ -131,9 +107,7 @@ def main() -> int:
     parser.add_argument("--baseline", type=int, default=300, help="unloaded high-priority calls")
     args = parser.parse_args()
     s = get_settings()
-    client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password)
-    client.wait_for_dag(DAG)
-    client.unpause(DAG)
+    client = airflow_client(DAG)
     model = f"bench_qos_{uuid.uuid4().hex[:6]}"
     servers = [f"replica{i + 1}" for i in range(s.stable_replicas)]
     results: dict = {
@@ -151,37 +125,15 @@ def main() -> int:
         "goals": GOALS,
     }
     with tempfile.TemporaryDirectory(prefix="bench-qos-") as tmp:
-        example = Path(tmp) / "slow"
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "include" / "example_model" / "build.py"),
-                "--out",
-                str(example),
-                "--variant",
-                "slow",
-                "--seed",
-                str(uuid.uuid4().int % 100_000),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        conf = {
-            "model_name": model,
-            "source": str(example / "saved_model"),
-            "golden_path": str(example / "golden.json"),
-            "strategy": "all_at_once",
-        }
-        run = client.trigger(DAG, conf=conf)
+        example = build_examples(Path(tmp), {"slow": ("slow", uuid.uuid4().int % 100_000)})["slow"]
+        run = client.trigger(DAG, conf=deploy_conf(model, example, strategy="all_at_once"))
         if client.wait_for_run(DAG, run["dag_run_id"], timeout=600)["state"] != "success":
             raise RuntimeError(f"releasing {model} failed: run {run['dag_run_id']}")
     url = f"http://127.0.0.1:{s.serving_rest_port}/v1/models/{model}:predict"
     high_url = f"http://127.0.0.1:{s.serving_rest_port}/v1/models/{model}/versions/1:predict"
     log = stack._log_file(s, "router")
 
-    with requests.Session() as session:  # 1. unloaded: one high-priority call at a time
-        session.trust_env = False
+    with local_session() as session:  # 1. unloaded: one high-priority call at a time
         for _ in range(30):  # warm-up
             call(session, high_url, "high")
         offset = log.stat().st_size
@@ -192,8 +144,7 @@ def main() -> int:
     results["unloaded_high"] = {
         "sent": len(baseline),
         "ok": len(ok),
-        "p50_ms": ms(ok, 50),
-        "p99_ms": ms(ok, 99),
+        **latency_ms(ok, scale=1e3),
         "router_log": timings(unloaded_log, high=True),
     }
 
@@ -236,23 +187,20 @@ def main() -> int:
         "high": {
             "sent": len(highs),
             "ok": len(high_ok),
-            "status_codes": codes(highs),
+            "status_codes": status_codes(code for code, _t, _retry in highs),
             "success_rate": round(len(high_ok) / len(highs), 4) if highs else None,
-            "p50_ms": ms(high_all, 50),
-            "p99_ms": ms(high_all, 99),
+            **latency_ms(high_all, scale=1e3),
             "router_log": timings(overload_log, high=True),
         },
         "low": {
             "sent": len(lows),
             "ok": len(low_ok),
-            "status_codes": codes(lows),
+            "status_codes": status_codes(code for code, _t, _retry in lows),
             "shed": len(shed),
             "shed_share": round(len(shed) / len(lows), 4) if lows else None,
             "shed_with_retry_after": sum(1 for _t, retry in shed if retry),
-            "shed_p50_ms": ms([t for t, _ in shed], 50),
-            "shed_p99_ms": ms([t for t, _ in shed], 99),
-            "served_p50_ms": ms(low_ok, 50),
-            "served_p99_ms": ms(low_ok, 99),
+            **latency_ms([t for t, _ in shed], prefix="shed_", scale=1e3),
+            **latency_ms(low_ok, prefix="served_", scale=1e3),
             "router_log": timings(overload_log, high=False),
         },
     }
@@ -266,12 +214,8 @@ def main() -> int:
         and results["high_p99_to_unloaded"] <= GOALS["high_p99_to_unloaded"],
     }
 
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "qos.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = report(results)
-    (out / "qos.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_json("qos", results)
+    write_report("qos", report(results))
     return 0
 
 
@@ -302,22 +246,9 @@ def timings(lines: list[dict], *, high: bool) -> dict:
     return {
         "logged": len(mine),
         "refused_at_router": sum(1 for x in mine if "<NOSRV>" in x["server"]),
-        "queued_p50_ms": pct([x["tw"] for x in served], 50),
-        "queued_p99_ms": pct([x["tw"] for x in served], 99),
-        "replica_p50_ms": pct([x["tr"] for x in served], 50),
-        "replica_p99_ms": pct([x["tr"] for x in served], 99),
+        **latency_ms([x["tw"] for x in served], prefix="queued_", digits=1),
+        **latency_ms([x["tr"] for x in served], prefix="replica_", digits=1),
     }
-
-
-def pct(values: list[int], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
-
-
-def codes(records: list[tuple[int, float, str | None]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for code, _t, _retry in records:
-        out[str(code)] = out.get(str(code), 0) + 1
-    return out
 
 
 def report(r: dict) -> list[str]:

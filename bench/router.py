@@ -19,72 +19,53 @@ import argparse
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
-os.environ.setdefault("TFDEPLOY_STACK", "test")  # before settings are read: never litter the user's registry
+import requests
+from _common import (
+    PacedLoad,
+    airflow_client,
+    bootstrap,
+    build_examples,
+    deploy_conf,
+    latency_ms,
+    local_session,
+    percentile,
+    write_json,
+    write_report,
+)
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
+bootstrap(stack_flag=False)  # TFDEPLOY_STACK, else the test stack (never litter the user's registry)
 
-import stack  # noqa: E402
 from tfdeploy.settings import get_settings  # noqa: E402
 
-for _k, _v in stack.airflow_env(get_settings()).items():
-    os.environ.setdefault(_k, _v)
-
-from tfdeploy.airflow_client import AirflowClient  # noqa: E402
-
 MAX_SECONDS = 600  # every load loop stops by itself
+Answer = tuple[float, int, float, float | None, float]  # start (monotonic), status, ms, answer, start (epoch)
 
 
-class Load:
-    """Unversioned predicts at `rate`/s over `workers` threads; records (start, status, ms, answer)."""
+class Load(PacedLoad[Answer]):
+    """Unversioned predicts of `body` at `rate`/s over `workers` threads; records (start, status, ms, answer,
+    wall-clock start): start from time.monotonic(), answer the first prediction of a 200, status 0 if no answer."""
 
     def __init__(self, url: str, body: dict, rate: float, workers: int = 4) -> None:
-        self.url, self.body, self.rate, self.workers = url, body, rate, workers
-        self.records: list[tuple[float, int, float, float | None, float]] = []  # + wall-clock start
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+        super().__init__(url, rate, workers, max_seconds=MAX_SECONDS)
+        self.body = body
 
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def _run(self) -> None:
-        interval = self.workers / self.rate
-        deadline = time.monotonic() + MAX_SECONDS
-        with requests.Session() as session:
-            session.trust_env = False
-            next_at = time.monotonic()
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                t0, wall = time.monotonic(), time.time()
-                answer = None
-                try:
-                    resp = session.post(self.url, json=self.body, timeout=10)
-                    status = resp.status_code
-                    if status == 200:
-                        answer = float(resp.json()["predictions"][0][0])
-                except requests.RequestException:
-                    status = 0
-                with self.lock:
-                    self.records.append((t0, status, (time.monotonic() - t0) * 1e3, answer, wall))
-                next_at += interval
-                self.stop.wait(max(0.0, next_at - time.monotonic()))
+    def one_call(self, session: requests.Session, n: int) -> Answer:
+        t0, wall = time.monotonic(), time.time()
+        answer = None
+        try:
+            resp = session.post(self.url, json=self.body, timeout=10)
+            status = resp.status_code
+            if status == 200:
+                answer = float(resp.json()["predictions"][0][0])
+        except requests.RequestException:
+            status = 0
+        return t0, status, (time.monotonic() - t0) * 1e3, answer, wall
 
 
 def summarize(records: list, versions: dict[str, float]) -> dict:
@@ -100,8 +81,7 @@ def summarize(records: list, versions: dict[str, float]) -> dict:
         "sent": len(records),
         "failed": len(failed),
         "answered_by": {name: answered.count(name) for name in (*versions, "unknown", "none") if name in answered},
-        "p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else None,
-        "p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies else None,
+        **latency_ms(latencies),
     }
 
 
@@ -110,10 +90,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     args = parser.parse_args()
     s = get_settings()
-    client = AirflowClient(s.airflow_url, s.airflow_user, s.airflow_password)
-    for dag in ("model_deploy", "model_rollback"):
-        client.wait_for_dag(dag)
-        client.unpause(dag)
+    client = airflow_client("model_deploy", "model_rollback")
     model = f"bench_router_{uuid.uuid4().hex[:6]}"
     results: dict = {
         "machine": {"cpus": os.cpu_count()},
@@ -122,32 +99,11 @@ def main() -> int:
         "stable_replicas": s.stable_replicas,
     }
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
-        examples = {}
-        for variant in ("good", "better"):
-            out = Path(tmp) / variant
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "include" / "example_model" / "build.py"),
-                    "--out",
-                    str(out),
-                    "--variant",
-                    variant,
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            examples[variant] = out
+        examples = build_examples(Path(tmp), {variant: (variant, 0) for variant in ("good", "better")})
 
         def deploy(variant: str) -> str:
-            conf = {
-                "model_name": model,
-                "source": str(examples[variant] / "saved_model"),
-                "golden_path": str(examples[variant] / "golden.json"),
-                "strategy": "all_at_once",  # promote and rollback under load are what this measures
-            }
-            run = client.trigger("model_deploy", conf=conf)
+            # all_at_once: promote and rollback under load are what this measures
+            run = client.trigger("model_deploy", conf=deploy_conf(model, examples[variant], strategy="all_at_once"))
             return client.wait_for_run("model_deploy", run["dag_run_id"], timeout=900)["state"]
 
         golden = json.loads((examples["better"] / "golden.json").read_text())
@@ -158,16 +114,15 @@ def main() -> int:
 
         # router overhead: the same predict through the router and straight to a replica, one at a time
         direct = f"http://127.0.0.1:{s.replica_rest_port}/v1/models/{model}:predict"
-        overhead = {}
-        with requests.Session() as session:
-            session.trust_env = False
+        overhead: dict = {}
+        with local_session() as session:
             for name, target in (("router", url), ("direct", direct)):
                 samples = []
                 for _ in range(500):
                     t0 = time.perf_counter()
                     session.post(target, json=body, timeout=10).raise_for_status()
                     samples.append((time.perf_counter() - t0) * 1e3)
-                overhead[f"{name}_p50_ms"] = round(float(np.percentile(samples, 50)), 3)
+                overhead[f"{name}_p50_ms"] = percentile(samples, 50, digits=3)
         overhead["router_overhead_p50_ms"] = round(overhead["router_p50_ms"] - overhead["direct_p50_ms"], 3)
         results["router_overhead"] = overhead
 
@@ -213,9 +168,7 @@ def main() -> int:
         }
         engine.containers.get(f"{s.serving_container_prefix}-local").start()  # the restart policy's job, by hand
 
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "router.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json("router", results)
     lines = [
         f"# Router under load ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, stack {s.stack}, "
         f"{s.stable_replicas} stable replicas, {args.rate:g} req/s)",
@@ -239,8 +192,7 @@ def main() -> int:
         f"- router overhead, p50: {overhead['router_p50_ms']} ms through the router vs {overhead['direct_p50_ms']} ms "
         f"straight to a replica: +{overhead['router_overhead_p50_ms']} ms",
     ]
-    (out / "router.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("router", lines)
     return 0
 
 
