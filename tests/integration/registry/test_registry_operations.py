@@ -70,18 +70,6 @@ def client(db_url, starter, starter_to):
         yield c
 
 
-@pytest.fixture
-def released(client) -> str:
-    """v1 superseded, v2 in production, v3 a canary."""
-    model = unique("ops")
-    for v in (1, 2):
-        register(client, model, v)
-        move(client, model, v, "validated", "canary", "production")
-    register(client, model, 3)
-    move(client, model, 3, "validated", "canary")
-    return model
-
-
 def health(client, model: str, version: int, status: str, **details):
     return client.post(
         f"/v1/models/{model}/health",
@@ -638,24 +626,6 @@ def test_metrics_count_every_model(client):
 
 
 # --------------------------------------------------------------------------- migration 0003
-
-
-@pytest.fixture
-def old_db_url(db_url, tmp_path) -> str:
-    """An empty database of the same kind (PostgreSQL: a schema of its own in the test database)."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    schema = f"mig_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(db_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    engine.dispose()
-    yield f"{db_url}?options=-csearch_path%3D{schema}"
-    engine = sa.create_engine(db_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    engine.dispose()
 
 
 def test_migration_0003_upgrades_a_database_with_data(old_db_url):

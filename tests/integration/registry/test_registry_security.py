@@ -29,8 +29,7 @@ from tfdeploy.registry.api import MAX_BODY_BYTES, create_app
 from tfdeploy.registry.auth import CSRF_HEADER, DEPLOY_DAG, ROLLBACK_DAG, SERVICE
 from tfdeploy.registry.config import RegistryConfig
 
-from .test_registry_api import AUTH, TOKEN, move, register, run_lookup, unique
-from .test_registry_operations import old_db_url  # noqa: F401 - the fixture: an empty database of the same kind
+from .test_registry_api import AUTH, TOKEN, register, run_lookup, unique
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -87,18 +86,6 @@ def client(db_url) -> Iterator[TestClient]:
     """The registry as the plugin composes it: Airflow's auth manager decides users' writes; runs looked up."""
     with TestClient(app_for(db_url)) as c:
         yield c
-
-
-@pytest.fixture
-def released(client) -> str:
-    """v1 superseded, v2 in production, v3 a canary; written by the service token."""
-    model = unique("sec")
-    for v in (1, 2):
-        register(client, model, v)
-        move(client, model, v, "validated", "canary", "production")
-    register(client, model, 3)
-    move(client, model, 3, "validated", "canary")
-    return model
 
 
 def history(client, model: str, **params: Any) -> list[dict]:
