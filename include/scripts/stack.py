@@ -47,6 +47,7 @@ from tfdeploy.settings import (  # noqa: E402
     WORKER_NAME_VAR,
     Settings,
     get_settings,
+    second_docker_host_runs_here,
     settings_for,
     shared_between,
 )
@@ -699,7 +700,7 @@ def serving_host_addresses(s: Settings) -> list[str]:
 
 def docker2_enabled(s: Settings) -> bool:
     """docker2 is part of the stack where it can run: as root (network namespaces, a dockerd of our own)."""
-    return os.geteuid() == 0
+    return second_docker_host_runs_here()
 
 
 def serving_host_connections(s: Settings) -> dict[str, str]:
@@ -938,6 +939,8 @@ def up_docker2(s: Settings) -> None:
         pid = _spawn(s, DOCKER2, docker2_command(s), dict(os.environ))
     _wait(f"dockerd in namespace {s.docker2_netns}", lambda: _docker2_ping(s), 60, _log_file(s, DOCKER2), pid)
     load_serving_images(s)
+    for moved in remove_misplaced_replicas(s):
+        print(f"[stack] removed {moved}: not its host with SERVING_HOSTS={s.serving_hosts} (recreated on its own host)")
 
 
 def load_serving_images(s: Settings) -> list[str]:
@@ -971,6 +974,42 @@ def load_serving_images(s: Settings) -> list[str]:
         first.close()
         second.close()
     return loaded
+
+
+def _replica_index(s: Settings, name: str) -> int | None:
+    """Replica index of a `local` target's serving container from its name (``<prefix>-local[-canary][-<i>]``:
+    services/targets.py ServingTarget.container), ``None`` for any other name."""
+    match = re.fullmatch(rf"{re.escape(s.serving_container_prefix)}-local(?:-canary)?(?:-(\d+))?", name)
+    return None if match is None else int(match.group(1) or 0)
+
+
+def remove_misplaced_replicas(s: Settings) -> list[str]:
+    """Remove this stack's serving replicas that run on a Docker host other than their own (replica i belongs on
+    host i % SERVING_HOSTS: core.placement), as after a change of SERVING_HOSTS: the router now sends their traffic
+    to the right host, and the pool's next change (or rollout) creates them there. Returns ``host/name`` of each."""
+    if not docker2_enabled(s):
+        return []
+    removed = []
+    for host, second in enumerate((False, True)):
+        try:
+            import docker
+
+            client = docker2_client(s) if second else docker.DockerClient(base_url=s.docker_host, timeout=10)
+        except Exception:  # noqa: BLE001 - no engine, nothing placed there
+            continue
+        try:
+            for container in client.containers.list(all=True, filters={"label": SERVING_LABEL_MODEL_ROOT}):
+                index = _replica_index(s, container.name)
+                if index is None or not owns_model_root(s, container.labels.get(SERVING_LABEL_MODEL_ROOT, "")):
+                    continue
+                if replica_host(index, range(s.serving_hosts)) != host:
+                    container.remove(force=True)
+                    removed.append(f"{DOCKER2 if second else 'docker'}/{container.name}")
+        except Exception as exc:  # noqa: BLE001 - an engine not answering: its containers stay, said so
+            print(f"[stack] could not check the serving replicas' placement on host {host + 1}: {exc}")
+        finally:
+            client.close()
+    return removed
 
 
 def down_docker2(s: Settings) -> None:
@@ -1523,6 +1562,9 @@ def airflow_env(s: Settings) -> dict[str, str]:
             }
         ),
         **serving_host_connections(s),
+        # how many of those hosts the `local` target spreads its replicas over: the stack's value, so every component
+        # places replicas as this stack's router and Connections do
+        "SERVING_HOSTS": str(s.serving_hosts),
         # alert mail (MailAlertNotifier, Airflow's SmtpNotifier): an SMTP server on 127.0.0.1:SMTP_PORT, none by
         # default (the tests start one); plain SMTP on loopback, no TLS
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(

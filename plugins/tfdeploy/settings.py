@@ -87,6 +87,13 @@ def _port(name: str, default: int) -> int:
     return port
 
 
+def second_docker_host_runs_here() -> bool:
+    """Whether the local stack runs its second Docker host (include/scripts/stack.py `docker2`): where it can, as
+    root (a network namespace and a dockerd of its own). Elsewhere (and in the compose stack, whose Airflow runs as
+    uid 50000) the `local` target has one Docker host unless SERVING_HOSTS says otherwise."""
+    return os.geteuid() == 0
+
+
 def _count(name: str, default: int, low: int, high: int) -> int:
     raw = _env(name, str(default))
     try:
@@ -160,12 +167,14 @@ class Settings:
     # The second Docker host (stack.py `docker2`, README "Serving on two Docker hosts"): a dockerd in a network
     # namespace of this stack, reached only over a veth pair on DOCKER2_SUBNET (a /30: this machine .1, the
     # namespace .2), TLS with client certificates on DOCKER2_PORT. SERVING_HOSTS=2 spreads the `local` target's
-    # stable replicas over both hosts (replica i on host i % 2).
+    # stable replicas over both hosts (replica i on host i % 2): the default where the second host runs.
     docker2_subnet: str = field(
         default_factory=lambda: _env("DOCKER2_SUBNET", "10.217.0.0/30" if _profile().name == "dev" else "10.217.0.4/30")
     )
     docker2_port: int = field(default_factory=lambda: _stack_port("DOCKER2_PORT", 2376))
-    serving_hosts: int = field(default_factory=lambda: _count("SERVING_HOSTS", 1, 1, 2))
+    serving_hosts: int = field(
+        default_factory=lambda: _count("SERVING_HOSTS", 2 if second_docker_host_runs_here() else 1, 1, 2)
+    )
     # PostgreSQL (the model registry's server; 5433 so a machine's own PostgreSQL on 5432 does not clash)
     postgres_port: int = field(default_factory=lambda: _stack_port("POSTGRES_PORT", 5433))
     postgres_user: str = field(default_factory=lambda: _env("POSTGRES_USER", "tfdeploy"))

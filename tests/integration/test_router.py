@@ -25,6 +25,8 @@ import requests
 
 import stack
 
+from .serving_hosts import replica_address, replica_engine
+
 ROOT = Path(__file__).resolve().parents[2]
 HP = ROOT / "tests" / "data" / "tfserving-testdata" / "saved_model_half_plus_two_cpu"
 HP2_2V = ROOT / "tests" / "data" / "tfserving-testdata" / "saved_model_half_plus_two_2_versions"
@@ -38,9 +40,9 @@ def replica_states(settings, pool: str = "stable") -> dict[str, str]:
     return {f"{r[0]}/{r[1]}": r[17] for r in rows if r[0] in POOLS[pool] and r[1] not in ("FRONTEND", "BACKEND")}
 
 
-def serves(port: int, model: str) -> bool:
+def serves(port: int, model: str, address: str = "127.0.0.1") -> bool:
     try:
-        return requests.get(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=2).status_code == 200
+        return requests.get(f"http://{address}:{port}/v1/models/{model}", timeout=2).status_code == 200
     except requests.RequestException:
         return False
 
@@ -54,35 +56,38 @@ def wait_for(what: str, check, timeout: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def stable_replicas(settings, docker_client, models: Path, model: str):
-    """The stable pool's replicas (containers on the replica ports + 2i) serving ``models/<model>``, in place of
-    the pipeline's; removed afterwards."""
+    """The stable pool's replicas (containers on the replica ports + 2i, each on its Docker host at that host's
+    address: tests/integration/serving_hosts.py) serving ``models/<model>``, in place of the pipeline's; removed
+    afterwards."""
     names = [f"{settings.serving_container_prefix}-local"] + [
         f"{settings.serving_container_prefix}-local-{i}" for i in range(1, settings.stable_replicas)
     ]
-    for name in names:
+    engines = [replica_engine(settings, i) for i in range(len(names))]
+    addresses = [replica_address(settings, i) for i in range(len(names))]
+    for engine, name in zip(engines, names, strict=True):
         with contextlib.suppress(Exception):
-            docker_client.containers.get(name).remove(force=True)
+            engine.containers.get(name).remove(force=True)
     models.chmod(0o755)
     containers = [
-        docker_client.containers.run(
+        engine.containers.run(
             "local/tfserving-compat:latest",
             detach=True,
             name=name,
             environment={"MODEL_NAME": model},
             volumes={str(models): {"bind": "/models", "mode": "ro"}},
             ports={
-                "8500/tcp": ("127.0.0.1", settings.replica_grpc_port + 2 * i),
-                "8501/tcp": ("127.0.0.1", settings.replica_rest_port + 2 * i),
+                "8500/tcp": (address, settings.replica_grpc_port + 2 * i),
+                "8501/tcp": (address, settings.replica_rest_port + 2 * i),
             },
             labels={"tfdeploy.serving.model-root": str(settings.state_dir / "serving" / "router-test")},
         )
-        for i, name in enumerate(names)
+        for i, (engine, name, address) in enumerate(zip(engines, names, addresses, strict=True))
     ]
     try:
         # the replicas themselves first: a container just replaced on the same ports can still look UP
-        for i in range(len(names)):
+        for i, address in enumerate(addresses):
             port = settings.replica_rest_port + 2 * i
-            wait_for("the replica to serve", lambda port=port: serves(port, model), 60)
+            wait_for("the replica to serve", lambda port=port, address=address: serves(port, model, address), 60)
         wait_for("the replicas to be UP in the router", lambda: set(replica_states(settings).values()) == {"UP"}, 60)
         yield containers
     finally:
@@ -183,11 +188,11 @@ def test_router_port_in_use_is_a_clear_error(settings, monkeypatch):
         stack.up_router(settings)
 
 
-def test_grpc_without_a_replica_fails_fast(settings, docker_client):
+def test_grpc_without_a_replica_fails_fast(settings):
     for i in range(settings.stable_replicas):
         name = f"{settings.serving_container_prefix}-local" + (f"-{i}" if i else "")
         with contextlib.suppress(Exception):
-            docker_client.containers.get(name).remove(force=True)
+            replica_engine(settings, i).containers.get(name).remove(force=True)
     wait_for("no replica UP", lambda: "UP" not in set(replica_states(settings).values()))
     from tfdeploy.hooks.tfserving import TFServingHook
 

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 import stack
+from tfdeploy import settings as settings_module
 from tfdeploy.settings import Settings
 
 VARS = ("TFDEPLOY_STATE_DIR", "SERVING_HOSTS", "DOCKER2_SUBNET", "DOCKER2_PORT", "DOCKER_HOST", "SERVING_IMAGE")
@@ -146,10 +147,83 @@ def test_two_serving_hosts_place_replica_i_on_host_i_mod_2_everywhere(env, tmp_p
 
 
 def test_one_serving_host_keeps_every_replica_on_loopback(env):
+    env.setenv("SERVING_HOSTS", "1")
     s = Settings()
     assert stack.serving_host_addresses(s) == ["127.0.0.1"]
     servers = [line.split()[2] for line in stack.router_config(s).splitlines() if line.strip().startswith("server ")]
     assert all(addr.startswith("127.0.0.1:") for addr in servers)
+
+
+@pytest.mark.parametrize(("runs_here", "hosts"), [(True, 2), (False, 1)])
+def test_two_serving_hosts_by_default_where_the_second_host_runs(env, monkeypatch, runs_here, hosts):
+    monkeypatch.setattr(settings_module, "second_docker_host_runs_here", lambda: runs_here)
+    s = Settings()
+    assert s.serving_hosts == hosts
+    # every Airflow component gets the stack's value, so it places replicas as the router and Connections do
+    assert stack.airflow_env(s)["SERVING_HOSTS"] == str(hosts)
+    env.setenv("SERVING_HOSTS", "1")  # an explicit value wins
+    assert Settings().serving_hosts == 1
+    env.setenv("SERVING_HOSTS", "3")
+    with pytest.raises(ValueError, match="SERVING_HOSTS=3 is out of range"):
+        Settings()
+
+
+class FakeContainer:
+    def __init__(self, name: str, root: str, removed: list[str]) -> None:
+        self.name, self.labels, self._removed = name, {stack.SERVING_LABEL_MODEL_ROOT: root}, removed
+
+    def remove(self, force: bool = False) -> None:
+        assert force
+        self._removed.append(self.name)
+
+
+class FakeEngine:
+    """A Docker client listing the given containers (and only for the model-root label filter)."""
+
+    def __init__(self, containers: list[FakeContainer]) -> None:
+        self._containers = containers
+        self.closed = False
+        self.containers = self
+
+    def list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:  # noqa: A002 - docker's
+        assert all and filters == {"label": stack.SERVING_LABEL_MODEL_ROOT}
+        return self._containers
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("serving_hosts", [1, 2])
+def test_up_removes_replicas_left_on_a_host_that_is_no_longer_theirs(env, monkeypatch, serving_hosts):
+    import docker
+
+    env.setenv("SERVING_HOSTS", str(serving_hosts))
+    monkeypatch.setattr(stack, "docker2_enabled", lambda s: True)
+    s = Settings()
+    ours, prefix = str(s.state_dir / "serving" / "local"), s.serving_container_prefix
+    removed: list[str] = []
+
+    def on(*names: str, root: str = ours) -> list[FakeContainer]:
+        return [FakeContainer(name, root, removed) for name in names]
+
+    first = FakeEngine(
+        on(f"{prefix}-local", f"{prefix}-local-1", f"{prefix}-local-2", f"{prefix}-local-canary")
+        + on(f"{prefix}-local-1", root="/elsewhere/serving/local")  # another checkout's: never ours to remove
+        + on(f"{prefix}-local-helper-1", f"{prefix}-other-1")  # not a replica of the `local` target
+    )
+    second = FakeEngine(on(f"{prefix}-local-1", f"{prefix}-local-3", f"{prefix}-local-canary"))
+    monkeypatch.setattr(docker, "DockerClient", lambda **kwargs: first)
+    monkeypatch.setattr(stack, "docker2_client", lambda s: second)
+    moved = stack.remove_misplaced_replicas(s)
+    if serving_hosts == 2:  # odd replicas belong on the second host, even ones (and the canary's only) on the first
+        assert moved == [
+            f"docker/{prefix}-local-1",
+            f"docker2/{prefix}-local-canary",
+        ]
+    else:  # one host: nothing belongs on the second
+        assert moved == [f"docker2/{n}" for n in (f"{prefix}-local-1", f"{prefix}-local-3", f"{prefix}-local-canary")]
+    assert removed == [m.split("/", 1)[1] for m in moved]
+    assert first.closed and second.closed
 
 
 def test_down_deletes_only_a_namespace_this_stack_set_up(env, monkeypatch):

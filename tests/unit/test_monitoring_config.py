@@ -90,7 +90,9 @@ def test_prometheus_config_scrapes_this_stack(stacks, name):
     serving = _scrape(config, "serving")
     assert serving["metrics_path"] == "/monitoring/prometheus/metrics"
     assert "static_configs" not in serving  # never a static list: found as the pipeline creates replicas
-    [sd] = serving["docker_sd_configs"]
+    # one discovery per Docker host the `local` target runs replicas on (the second: docker2, over TLS)
+    sd, *second = serving["docker_sd_configs"]
+    assert len(second) == s.serving_hosts - 1
     assert sd["host"] == s.docker_host == "unix:///var/run/docker.sock"
     assert sd["refresh_interval"] == "5s"
     assert sd["filters"] == [{"name": "label", "values": ["tfdeploy.serving.managed=true"]}]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import stack
-from tfdeploy.settings import PROJECT_ROOT, Settings, settings_for, shared_between
+from tfdeploy.settings import PROJECT_ROOT, Settings, second_docker_host_runs_here, settings_for, shared_between
 
 DEV_PORTS = {
     "AIRFLOW_PORT": 8080,
@@ -176,8 +176,9 @@ def test_serving_connections_parse_with_the_profile_ports(clean_env, tmp_path):
     tfs = conns["tfserving_local"]
     # the pipeline drives the replica itself (reload, status); clients go through the router on 18500/18501
     assert (tfs.conn_type, tfs.host, tfs.port) == ("tfserving", "127.0.0.1", 18511)
-    # replica i on the ports + 2i, at its Docker host's address (one host unless SERVING_HOSTS=2)
-    assert tfs.extra_dejson == {"grpc_port": 18510, "replicas": 2, "replica_hosts": ["127.0.0.1"]}
+    # replica i on the ports + 2i, at its Docker host's address: both hosts where the second one runs (as root)
+    hosts = ["127.0.0.1", "10.217.0.6"][: 2 if second_docker_host_runs_here() else 1]
+    assert tfs.extra_dejson == {"grpc_port": 18510, "replicas": 2, "replica_hosts": hosts}
     host = conns["serving_host_local"]
     assert (host.conn_type, host.host) == ("tfdeploy_serving_host", "unix:///var/run/docker.sock")
     assert host.extra_dejson == {"tls_verify": False, "publish_address": "127.0.0.1"}
@@ -234,15 +235,18 @@ def test_the_router_config_is_valid_haproxy_and_binds_loopback_only(clean_env, t
     ports = (s.serving_rest_port, s.serving_grpc_port, s.canary_grpc_port, s.router_stats_port)
     assert binds == [f"127.0.0.1:{p}" for p in ports]
     servers = [line.split()[2] for line in text.splitlines() if line.strip().startswith("server ")]
+    # the replicas: each at its Docker host's address (the second replica on the second host where it runs)
+    first, second = stack.serving_host_addresses(s)[0], stack.serving_host_addresses(s)[-1]
+    assert first == "127.0.0.1"
     replicas = (
-        s.replica_rest_port,
-        s.replica_rest_port + 2,
-        s.replica_grpc_port,
-        s.replica_grpc_port + 2,
-        s.canary_replica_rest_port,
-        s.canary_replica_grpc_port,
+        (first, s.replica_rest_port),
+        (second, s.replica_rest_port + 2),
+        (first, s.replica_grpc_port),
+        (second, s.replica_grpc_port + 2),
+        (first, s.canary_replica_rest_port),
+        (first, s.canary_replica_grpc_port),
     )
-    assert s.stable_replicas == 2 and servers == [f"127.0.0.1:{p}" for p in replicas]
+    assert s.stable_replicas == 2 and servers == [f"{a}:{p}" for a, p in replicas]
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(text)

@@ -19,6 +19,7 @@ import docker
 import pytest
 import requests
 
+from tests.integration.serving_hosts import replica_address, replica_engine
 from tfdeploy.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -134,6 +135,14 @@ def test_first_deploy(deploy, registry, model, examples):
     history = registry(f"/models/{model}/history", kind="transition")["events"]
     assert [e["toState"] for e in reversed(history)] == ["validated", "canary", "production"]
     assert all(e["interface"] == "rest_api" and e["dagId"] == DAG for e in history)
+    # the release spans the target's Docker hosts (two where the stack runs its second engine): every stable replica
+    # runs on its own host (replica i on host i % hosts) and serves v1 from that host's copy, at that host's address
+    assert SETTINGS.stable_replicas >= SETTINGS.serving_hosts
+    for i in range(SETTINGS.stable_replicas):
+        name = CONTAINER if i == 0 else f"{CONTAINER}-{i}"
+        assert replica_engine(SETTINGS, i).containers.get(name).status == "running", name
+        replica = f"http://{replica_address(SETTINGS, i)}:{SETTINGS.replica_rest_port + 2 * i}"
+        assert served(model, replica) == {1: "AVAILABLE"}, (name, replica)
 
 
 def answered_by(answers: list, old: float, new: float) -> list:

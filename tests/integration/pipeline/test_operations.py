@@ -13,12 +13,12 @@ import uuid
 from email import message_from_bytes
 from pathlib import Path
 
-import docker
 import pytest
 import requests
 from aiosmtpd.controller import Controller
 
 from tests.integration.pipeline.releases import Deployer, build_examples, registry_api, wait_for
+from tests.integration.serving_hosts import replica_engine
 from tfdeploy.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -249,8 +249,8 @@ def test_a_model_answering_wrongly_goes_failing_alerts_and_is_rolled_back(airflo
 
 
 def test_a_killed_replica_raises_an_alert_in_the_registry_and_the_mailbox(api, model, mailbox):
-    client = docker.DockerClient(base_url=SETTINGS.docker_host)
-    container = client.containers.get(f"{SETTINGS.serving_container_prefix}-local-1")
+    # replica 1: on the second Docker host where the stack runs two (Prometheus finds it through that engine)
+    container = replica_engine(SETTINGS, 1).containers.get(f"{SETTINGS.serving_container_prefix}-local-1")
     before = len(mailbox.messages)
     started = time.monotonic()
     container.stop(timeout=1)
