@@ -8,7 +8,8 @@ that uses it) to the Airflow user (50000) and to create HDFS's directories (stac
 1. the registry's machine token file and the simple auth manager's passwords file (0600), from the environment;
 2. the generated configurations, by the local stack's own generators (include/scripts/stack.py: written once) with
    the compose network's addresses: the router's (HAProxy listens on every address of the serving host's network
-   namespace, where docker-compose publishes its ports), Prometheus' (with its rules) and Alertmanager's;
+   namespace, where docker-compose publishes its ports), Prometheus' (with its rules; its Docker service discovery
+   through docker-socket-proxy's read-only socket) and Alertmanager's;
 3. ``airflow db migrate``. Users and Connections come from the environment (x-airflow-common).
 """
 
@@ -31,6 +32,9 @@ AIRFLOW_UID = AIRFLOW_GID = 50000
 NAMENODE_URL = "http://namenode:9870"
 ALERTMANAGER_ADDRESS = "alertmanager:9093"
 REGISTRY_ADDRESS = "airflow-apiserver:8080"
+# docker-socket-proxy's read-only Docker API (docker-compose.yml; include/images/haproxy/docker-socket-proxy.cfg):
+# what Prometheus discovers the replicas through, instead of the engine's own socket
+DOCKER_RO_HOST = "unix:///run/docker-ro/docker.sock"
 # directories of the state volume, each the Airflow user's (0700 for secrets)
 STATE_DIRS = ("airflow", "airflow/logs", "secrets", "tmp", "run", "haproxy", "prometheus", "alertmanager", "serving")
 
@@ -55,10 +59,18 @@ def compose_router_config(s: Settings) -> str:
 
 def compose_prometheus_config(s: Settings) -> str:
     """stack.prometheus_config with Alertmanager and the registry at their service names (Prometheus, the router
-    and the replicas share the serving host's network namespace: those targets stay 127.0.0.1)."""
+    and the replicas share the serving host's network namespace: those targets stay 127.0.0.1), and the replicas
+    discovered through the read-only Docker API (DOCKER_RO_HOST) rather than the engine's socket."""
     import yaml
 
     config: dict[str, Any] = yaml.safe_load(stack.prometheus_config(s))
+    engines = [sd for job in config["scrape_configs"] for sd in job.get("docker_sd_configs", [])]
+    if [sd["host"] for sd in engines] != [s.docker_host]:
+        raise RuntimeError(
+            "compose_prometheus_config expects one docker_sd_configs entry, the engine at DOCKER_HOST "
+            "(SERVING_HOSTS=1, as docker-compose.yml sets): stack.prometheus_config changed, update it"
+        )
+    engines[0]["host"] = DOCKER_RO_HOST
     for am in config["alerting"]["alertmanagers"]:
         for static in am["static_configs"]:
             static["targets"] = [ALERTMANAGER_ADDRESS]

@@ -1,7 +1,9 @@
 """The compose stack's smoke test (`make test-compose`; not part of `make test`, whose pytest collects only
 tests/unit and tests/integration): bring the whole docker-compose.yml up on its own project, state and ports, deploy
 the example model through its REST API, promote a second version, check both through the router and the registry,
-tear it all down (volumes too). About 10 minutes on 2 cores, most of it the first image builds.
+check the trust boundary (the services that only read the engine get a read-only Docker API that refuses writes,
+yet Prometheus discovers the replicas and the registry reads their logs through it), tear it all down (volumes
+too). About 10 minutes on 2 cores, most of it the first image builds.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from compose_stack import ComposeStack
+from compose_stack import ComposeStack, read_env
 
 from tfdeploy.airflow_client import AirflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "model_deploy"
 MODEL = "compose_smoke"
+ENGINE_SOCKET = "/run/docker-host/docker.sock"
+RO_SOCKET = "/run/docker-ro/docker.sock"  # docker-socket-proxy's
 pytestmark = pytest.mark.timeout(3600)
 
 
@@ -76,6 +80,15 @@ def _predict(c: ComposeStack, inputs: list) -> requests.Response:
     return requests.post(f"{c.serving_url}/v1/models/{MODEL}:predict", json={"instances": inputs}, timeout=10)
 
 
+def _docker_api(c: ComposeStack, service: str, method: str, path: str) -> str:
+    """The HTTP status of ``method path`` on the read-only Docker API, from inside ``service``'s container."""
+    done = c.compose(
+        "exec", "-T", service, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+        "--unix-socket", RO_SOCKET, f"http://docker{path}", capture=True, check=False,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
 def test_every_service_is_healthy(compose_stack: ComposeStack) -> None:
     states = compose_stack.health()
     assert states.pop("airflow-init") == "exited(0)"
@@ -109,3 +122,64 @@ def test_deploy_then_promote_a_second_version(compose_stack: ComposeStack, clien
     ]
     workers |= {host for _, host in tasks.values() if host}
     assert workers <= {"worker1@tfdeploy-compose", "worker2@tfdeploy-compose"}, workers
+
+
+def test_the_readers_get_a_read_only_docker_api(compose_stack: ComposeStack) -> None:
+    """Prometheus and the api-server hold docker-socket-proxy's socket, not the engine's: their reads pass, any
+    write (create, exec, delete...) is refused 403 before the engine; the workers keep the engine's socket."""
+    c = compose_stack
+    for service in ("airflow-apiserver", "prometheus"):
+        assert c.compose("exec", "-T", service, "test", "-e", ENGINE_SOCKET, check=False).returncode != 0, service
+        mode = c.compose("exec", "-T", service, "stat", "-c", "%a %u %g", RO_SOCKET, capture=True).stdout.split()
+        assert mode == ["660", "50000", "50000"], (service, mode)
+        for method, path in (("GET", "/_ping"), ("GET", "/v1.41/containers/json"), ("GET", "/networks")):
+            assert _docker_api(c, service, method, path) == "200", (service, method, path)
+        for method, path in (
+            ("POST", "/containers/create"),
+            ("POST", "/v1.41/containers/create"),
+            ("POST", "/v1.41/containers/docker-socket-proxy-check/exec"),
+            ("DELETE", "/v1.41/containers/docker-socket-proxy-check"),
+            ("GET", "/v1.41/images/json"),
+            ("POST", "/v1.41/volumes/create"),
+        ):
+            assert _docker_api(c, service, method, path) == "403", (service, method, path)
+        # nor can they replace the proxy's socket
+        assert c.compose("exec", "-T", service, "touch", "/run/docker-ro/x", check=False).returncode != 0, service
+    worker = c.compose("exec", "-T", "airflow-worker-1", "printenv", "DOCKER_HOST", capture=True).stdout.strip()
+    assert worker == f"unix://{ENGINE_SOCKET}"
+
+
+def test_prometheus_and_the_registry_read_the_replicas_through_the_proxy(compose_stack: ComposeStack) -> None:
+    """After the deploys above (test_deploy_then_promote_a_second_version): the registry's /logs (the api-server
+    reads the replicas' output through the proxy) and Prometheus' Docker service discovery both see the stable
+    replicas."""
+    c = compose_stack
+    token = read_env(c.env_file)["REGISTRY_API_TOKEN"]  # the service token: /logs needs write access
+    resp = requests.get(
+        f"{c.airflow_url}/registry/v1/models/{MODEL}/logs",
+        params={"lines": 20},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    logs = resp.json()
+    assert logs["available"] is True, logs
+    stable = {name for name in logs["containers"] if "canary" not in name}
+    assert stable, logs
+    for name in stable:
+        lines = logs["containers"][name]
+        assert lines and not lines[0].startswith("("), (name, lines)  # "(logs unavailable: ...)", "(no container"
+
+    prometheus = f"http://127.0.0.1:{c.port('TFDEPLOY_COMPOSE_PROMETHEUS_PORT')}"
+    deadline = time.monotonic() + 60
+    while True:
+        targets = requests.get(f"{prometheus}/api/v1/targets", params={"state": "active"}, timeout=10).json()
+        up = {
+            t["labels"].get("container")
+            for t in targets["data"]["activeTargets"]
+            if t["labels"].get("job") == "serving" and t["labels"].get("pool") == "stable" and t["health"] == "up"
+        }
+        if up == stable or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert up == stable, targets["data"]["activeTargets"]

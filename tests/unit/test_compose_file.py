@@ -2,13 +2,17 @@
 compose_stack.py writes, and it is built as documented: the x-airflow-common anchor in every Airflow service, a
 healthcheck on every long-running service, depends_on conditions, host ports on 127.0.0.1 only, images built
 locally, the container ports the settings' defaults, and the configurations the local stack's generators write
-(router, Prometheus, HDFS).
+(router, Prometheus, HDFS). The trust boundary: only the services that start containers hold the engine's socket;
+Prometheus and the api-server read it through docker-socket-proxy, whose HAProxy configuration allows GET and HEAD
+of a few endpoints only (tests/unit/test_docker_socket_proxy.py runs it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import xml.etree.ElementTree as ET
@@ -40,6 +44,7 @@ OTHER_SERVICES = {
     "datanode-1",
     "datanode-2",
     "docker-host",
+    "docker-socket-proxy",
     "router",
     "prometheus",
     "alertmanager",
@@ -48,6 +53,71 @@ ONE_SHOT = {"airflow-init"}
 # they call the replicas and the router at 127.0.0.1, as on the local stack: the serving host's network namespace
 IN_SERVING_HOST_NETNS = {"router", "prometheus", "airflow-triggerer", "airflow-worker-1", "airflow-worker-2"}
 STATE = "/opt/tfdeploy/state"
+# the engine's API (root on the serving host) and docker-socket-proxy's read-only one
+ENGINE_SOCKET = "/run/docker-host/docker.sock"
+RO_SOCKET = "/run/docker-ro/docker.sock"
+# they start containers (replicas, model staging, the sandbox): the engine's socket, and so root on the serving host
+FULL_SOCKET_USERS = {"airflow-worker-1", "airflow-worker-2", "airflow-triggerer"}
+# they only read the engine: Prometheus' service discovery, the api-server's replica logs (the registry's /logs)
+RO_SOCKET_USERS = {"prometheus", "airflow-apiserver"}
+PROXY_CONFIG = ROOT / "include" / "images" / "haproxy" / "docker-socket-proxy.cfg"
+PROXY_CONFIG_IN_IMAGE = "/etc/haproxy/docker-socket-proxy.cfg"
+# what the readers call (Prometheus' Docker SD: ping, ContainerList, NetworkList; docker-py: /version,
+# containers.get, logs), with the API version prefix or without
+READ_PATHS = [
+    "/_ping",
+    "/version",
+    "/v1.41/version",
+    "/containers/json",
+    "/v1.41/containers/json",
+    "/v1.43/containers/json",
+    "/networks",
+    "/v1.41/networks",
+    "/v1.41/containers/tfserving-local/json",
+    "/v1.41/containers/tfserving-local-1/json",
+    "/v1.41/containers/0a1b2c3d4e5f/logs",
+    "/containers/tfserving-local.canary_x/logs",
+]
+# all refused, whatever the method
+OTHER_PATHS = [
+    "/containers/create",
+    "/v1.41/containers/create",
+    "/v1.41/containers/x/exec",
+    "/exec/x/start",
+    "/v1.41/containers/x/start",
+    "/v1.41/containers/x/stop",
+    "/v1.41/containers/x/kill",
+    "/v1.41/containers/x/attach",
+    "/v1.41/containers/x/attach/ws",
+    "/v1.41/containers/x/archive",
+    "/v1.41/containers/x/export",
+    "/v1.41/containers/x/top",
+    "/v1.41/containers/x",
+    "/v1.41/containers/prune",
+    "/images/json",
+    "/v1.41/images/create",
+    "/build",
+    "/volumes",
+    "/volumes/create",
+    "/networks/create",
+    "/networks/x",
+    "/swarm",
+    "/swarm/init",
+    "/services",
+    "/secrets",
+    "/plugins",
+    "/session",
+    "/info",
+    "/events",
+    "/system/df",
+    "/containers/../images/json",
+    "/containers/..%2Fimages/json",
+    "/containers/.",
+    "//containers/json",
+    "/containers/json/",
+    "/v1.41//containers/json",
+    "/vx/containers/json",
+]
 
 
 @pytest.fixture
@@ -127,6 +197,9 @@ def test_depends_on_waits_for_health_and_for_airflow_init(config: dict[str, Any]
     assert {"postgres", "namenode", "datanode-1", "datanode-2"} <= set(services["airflow-init"]["depends_on"])
     for name in ("router", "prometheus", "airflow-worker-1", "airflow-worker-2", "airflow-triggerer"):
         assert services[name]["depends_on"]["docker-host"]["condition"] == "service_healthy"
+    assert set(services["docker-socket-proxy"]["depends_on"]) == {"docker-host"}
+    for name in RO_SOCKET_USERS:
+        assert services[name]["depends_on"]["docker-socket-proxy"]["condition"] == "service_healthy", name
 
 
 def _published(service: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -168,6 +241,9 @@ def test_container_ports_are_the_settings_defaults(config: dict[str, Any], monke
     tfserving = yaml.safe_load(env["AIRFLOW_CONN_TFSERVING_LOCAL"])
     assert (tfserving["port"], tfserving["extra"]["grpc_port"]) == (s.replica_rest_port, s.replica_grpc_port)
     assert tfserving["extra"]["replicas"] == s.stable_replicas
+    # one serving Docker host in the file: every replica on it, whatever the worker's uid would default to
+    assert env["SERVING_HOSTS"] == "1" and "replica_hosts" not in tfserving["extra"]
+    assert set(env) & {"AIRFLOW_CONN_SERVING_HOST_LOCAL_2"} == set()
     canary = yaml.safe_load(env["AIRFLOW_CONN_TFSERVING_LOCAL_CANARY"])
     assert (canary["port"], canary["extra"]["grpc_port"]) == (s.canary_replica_rest_port, s.canary_replica_grpc_port)
     router = yaml.safe_load(env["AIRFLOW_CONN_ROUTER_LOCAL"])["extra"]
@@ -195,33 +271,124 @@ def test_serving_host_namespace_socket_and_shared_state_path(config: dict[str, A
     assert {"SYS_ADMIN", "NET_ADMIN", "MKNOD"} <= set(engine["cap_add"])
     assert "privileged" not in engine  # it asks for CAP_SYS_RESOURCE, which this machine's root lacks
 
-    def mounts(name: str) -> dict[str, str]:
-        out = {}
-        for v in services[name].get("volumes") or []:
-            src, target = (v["source"], v["target"]) if isinstance(v, dict) else str(v).split(":")[:2]
-            out[target] = src
-        return out
-
-    engine_mounts = mounts("docker-host")
+    engine_mounts = _mounts(services, "docker-host")
     assert engine_mounts["/sys/fs/cgroup"] == "/sys/fs/cgroup"
-    socket_users = {name for name in services if "/run/docker-host" in mounts(name)}
-    assert socket_users == {
-        "docker-host",
-        "airflow-worker-1",
-        "airflow-worker-2",
-        "airflow-triggerer",
-        "airflow-apiserver",
-        "prometheus",
-    }
     for name in ("airflow-worker-1", "airflow-worker-2"):
         # a path the pipeline bind-mounts names the same files in the worker and in the engine
-        assert mounts(name)[STATE] == engine_mounts[STATE]
+        assert _mounts(services, name)[STATE] == engine_mounts[STATE]
         env = services[name]["environment"]
         assert env["TMPDIR"].startswith(STATE + "/") and env["TFDEPLOY_STATE_DIR"] == STATE
-        assert env["DOCKER_HOST"] == "unix:///run/docker-host/docker.sock"
     assert (
         services["airflow-worker-1"]["environment"]["TFDEPLOY_WORKER_NAME"] in services["airflow-worker-1"]["command"]
     )
+
+
+def _mounts(services: dict[str, Any], name: str) -> dict[str, str]:
+    """Target -> source of a service's volumes (docker-compose config's long syntax, or short)."""
+    out = {}
+    for v in services[name].get("volumes") or []:
+        src, target = (v["source"], v["target"]) if isinstance(v, dict) else str(v).split(":")[:2]
+        out[target] = src
+    return out
+
+
+def _read_only(services: dict[str, Any], name: str, target: str) -> bool:
+    for v in services[name].get("volumes") or []:
+        if isinstance(v, dict) and v["target"] == target:
+            return bool(v.get("read_only"))
+        if isinstance(v, str) and v.split(":")[1] == target:
+            return v.endswith(":ro")
+    raise AssertionError(f"{name} does not mount {target}")
+
+
+def test_only_the_services_that_start_containers_hold_the_engines_socket(config: dict[str, Any]) -> None:
+    services = config["services"]
+    engine_dir, ro_dir = os.path.dirname(ENGINE_SOCKET), os.path.dirname(RO_SOCKET)
+    holders = {name for name in services if _mounts(services, name).get(engine_dir) == "docker-host-run"}
+    assert holders == FULL_SOCKET_USERS | {"docker-host", "docker-socket-proxy"}
+    # the proxy connects to the engine's socket: it needs no write access to that volume
+    assert _read_only(services, "docker-socket-proxy", engine_dir)
+    assert not _read_only(services, "docker-host", engine_dir)
+    readers = {name for name in services if _mounts(services, name).get(ro_dir) == "docker-ro-run"}
+    assert readers == RO_SOCKET_USERS | {"docker-socket-proxy"}
+    for name in RO_SOCKET_USERS:
+        assert _read_only(services, name, ro_dir), f"{name} may replace the proxy's socket"
+        assert engine_dir not in _mounts(services, name), name
+    assert not _read_only(services, "docker-socket-proxy", ro_dir)  # it creates its socket there
+    assert {"docker-host-run", "docker-ro-run"} <= set(config["volumes"])
+
+    common = services["airflow-dag-processor"]["environment"]  # x-airflow-common's, unchanged
+    for name in FULL_SOCKET_USERS:
+        env = services[name]["environment"]
+        assert env["DOCKER_HOST"] == f"unix://{ENGINE_SOCKET}", name
+        assert yaml.safe_load(env["AIRFLOW_CONN_SERVING_HOST_LOCAL"])["host"] == f"unix://{ENGINE_SOCKET}", name
+    # the api-server: the same Connection, at the proxy's socket; nothing else of the environment differs
+    api = services["airflow-apiserver"]["environment"]
+    assert api["DOCKER_HOST"] == f"unix://{RO_SOCKET}"
+    conn, common_conn = (json.loads(e["AIRFLOW_CONN_SERVING_HOST_LOCAL"]) for e in (api, common))
+    assert conn == common_conn | {"host": f"unix://{RO_SOCKET}"}
+    differs = {k for k in set(api) | set(common) if api.get(k) != common.get(k)}
+    assert differs == {"DOCKER_HOST", "AIRFLOW_CONN_SERVING_HOST_LOCAL"}
+
+
+def test_docker_socket_proxy_service(config: dict[str, Any]) -> None:
+    proxy = config["services"]["docker-socket-proxy"]
+    assert proxy["image"] == config["services"]["router"]["image"] == "local/tfdeploy-haproxy:latest"
+    assert proxy["user"] == "50000:50000"
+    assert proxy["command"] == ["-f", PROXY_CONFIG_IN_IMAGE]
+    # unix sockets only, no capability, nothing written but its socket
+    assert proxy["network_mode"] == "none"
+    assert proxy["read_only"] is True and proxy["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in proxy["security_opt"]
+    assert not proxy.get("ports") and "privileged" not in proxy and "cap_add" not in proxy
+    assert RO_SOCKET in proxy["healthcheck"]["test"] and proxy["healthcheck"]["test"][-1].endswith("/_ping")
+    # the image: the configuration baked in (root's), the socket's directory the Airflow user's
+    dockerfile = (PROXY_CONFIG.parent / "Dockerfile").read_text()
+    assert f"COPY {PROXY_CONFIG.name} {PROXY_CONFIG_IN_IMAGE}" in dockerfile
+    assert re.search(rf"install -d -o 50000 -g 50000 -m 0750 {os.path.dirname(RO_SOCKET)}\b", dockerfile)
+
+
+def _proxy_config() -> dict[str, Any]:
+    """The proxy's HAProxy configuration, the parts that decide what it lets through."""
+    text = PROXY_CONFIG.read_text()
+    lines = [line.split(" #")[0].strip() for line in text.splitlines() if line.strip() and line[0] == " "]
+    acls = {m[1]: m[2] for line in lines if (m := re.fullmatch(r"acl (\S+) (.+)", line))}
+    return {
+        "binds": [line.split()[1:] for line in lines if line.startswith("bind ")],
+        "servers": [line.split()[1:] for line in lines if line.startswith("server ")],
+        "acls": acls,
+        "rules": [line for line in lines if line.startswith(("http-request", "tcp-request", "use_backend"))],
+        "frontends": re.findall(r"(?m)^(?:frontend|listen) (\S+)", text),
+        "backends": re.findall(r"(?m)^(?:backend|listen) (\S+)", text),
+    }
+
+
+def test_docker_socket_proxy_allows_only_get_and_head_of_what_the_readers_call() -> None:
+    cfg = _proxy_config()
+    assert cfg["frontends"] == ["docker_ro"] and cfg["backends"] == ["engine"]
+    assert cfg["binds"] == [[f"unix@{RO_SOCKET}", "mode", "660", "gid", "50000"]]
+    assert cfg["servers"] == [["engine", f"unix@{ENGINE_SOCKET}"]]
+    assert cfg["acls"]["read_method"] == "method GET HEAD"
+    assert cfg["acls"]["upgrade"] == "req.hdr(upgrade) -m found"
+    # one rule: everything not a GET or HEAD of an allowed path is refused, 403
+    [rule] = cfg["rules"]
+    assert rule.startswith("http-request deny deny_status 403 ")
+    assert rule.endswith(" if !read_method or !read_path or upgrade")
+    assert json.loads(re.search(r'string "(.*)" if ', rule)[1].replace('\\"', '"'))["message"]
+    kind, regex = cfg["acls"]["read_path"].split(" -m reg ")
+    assert kind == "path"
+    allowed = re.compile(regex)  # PCRE in HAProxy; this one means the same in Python's re
+    for path in READ_PATHS:
+        assert allowed.fullmatch(path), path
+    for path in OTHER_PATHS:
+        assert not allowed.fullmatch(path), path
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy here (make setup installs it)")
+def test_docker_socket_proxy_config_is_valid_haproxy() -> None:
+    check = subprocess.run(["haproxy", "-c", "-f", str(PROXY_CONFIG)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr + check.stdout
+    assert "WARNING" not in check.stdout + check.stderr, check.stderr + check.stdout
 
 
 def test_router_config_is_the_local_stacks_bound_for_compose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,10 +408,18 @@ def test_router_config_is_the_local_stacks_bound_for_compose(tmp_path: Path, mon
     assert check.returncode == 0, check.stderr + check.stdout
 
 
-def test_prometheus_config_for_compose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prometheus_config_for_compose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any]) -> None:
+    env = config["services"]["airflow-init"]["environment"]  # what compose_init.py runs with
+    for name in ("TFDEPLOY_STATE_DIR", "DOCKER_HOST", "SERVING_HOSTS"):
+        monkeypatch.setenv(name, env[name])
     monkeypatch.setenv("TFDEPLOY_STATE_DIR", str(tmp_path))
     s = compose_init.ComposeSettings()
     config = yaml.safe_load(compose_init.compose_prometheus_config(s))
+    # the replicas, discovered through the read-only proxy, not the engine's socket
+    [serving] = [job for job in config["scrape_configs"] if "docker_sd_configs" in job]
+    assert [sd["host"] for sd in serving["docker_sd_configs"]] == [compose_init.DOCKER_RO_HOST]
+    assert f"unix://{RO_SOCKET}" == compose_init.DOCKER_RO_HOST
+    assert serving["relabel_configs"] == stack.serving_relabel_configs(s)
     targets = {job["job_name"]: job.get("static_configs", [{}])[0].get("targets") for job in config["scrape_configs"]}
     assert targets["registry"] == ["airflow-apiserver:8080"]
     assert targets["alertmanager"] == ["alertmanager:9093"]
