@@ -107,7 +107,7 @@ def served(settings, hdfs_ready, docker_client):
             return
     model = f"diag_{uuid.uuid4().hex[:8]}"
     for service in pools.values():
-        base = service.host.stage_version(HP_VERSION, model, 123)
+        base = [host.stage_version(HP_VERSION, model, 123) for host in service.hosts][0]  # on every host of the pool
         service.change(model, lambda _entry, base=base: ServedModel(model, base, (123,), {}))
     try:
         yield model, True

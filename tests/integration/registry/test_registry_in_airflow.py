@@ -163,7 +163,7 @@ def stable_model(settings, docker_client):
 
     service = ServingTargetService(get_target("local"))
     model = f"query_{uuid.uuid4().hex[:8]}"
-    base = service.host.stage_version(HP_VERSION, model, 123)
+    base = [host.stage_version(HP_VERSION, model, 123) for host in service.hosts][0]  # on every host of the pool
     service.change(model, lambda _entry: ServedModel(model, base, (123,), {}))
     try:
         RegistryHook().register_version(
