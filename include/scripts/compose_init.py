@@ -8,8 +8,9 @@ that uses it) to the Airflow user (50000) and to create HDFS's directories (stac
 1. the registry's machine token file and the simple auth manager's passwords file (0600), from the environment;
 2. the generated configurations, by the local stack's own generators (include/scripts/stack.py: written once) with
    the compose network's addresses: the router's (HAProxy listens on every address of the serving host's network
-   namespace, where docker-compose publishes its ports), Prometheus' (with its rules; its Docker service discovery
-   through docker-socket-proxy's read-only socket) and Alertmanager's;
+   namespace, where docker-compose publishes its ports; replica i at its serving host's address, the second host's
+   being its fixed address on the compose network), Prometheus' (with its rules; its Docker service discovery of
+   each serving host through that host's read-only proxy) and Alertmanager's;
 3. ``airflow db migrate``. Users and Connections come from the environment (x-airflow-common).
 """
 
@@ -32,25 +33,62 @@ AIRFLOW_UID = AIRFLOW_GID = 50000
 NAMENODE_URL = "http://namenode:9870"
 ALERTMANAGER_ADDRESS = "alertmanager:9093"
 REGISTRY_ADDRESS = "airflow-apiserver:8080"
-# docker-socket-proxy's read-only Docker API (docker-compose.yml; include/images/haproxy/docker-socket-proxy.cfg):
-# what Prometheus discovers the replicas through, instead of the engine's own socket
-DOCKER_RO_HOST = "unix:///run/docker-ro/docker.sock"
+# The read-only Docker APIs (docker-compose.yml; include/images/haproxy/docker-socket-proxy.cfg), one per serving
+# host, in host order (docker-socket-proxy for docker-host, docker-socket-proxy-2 for docker-host-2): what
+# Prometheus discovers the replicas through, instead of the engines' own sockets
+DOCKER_RO_HOSTS = ("unix:///run/docker-ro/docker.sock", "unix:///run/docker-ro-2/docker.sock")
+DOCKER_RO_HOST = DOCKER_RO_HOSTS[0]
+# The Connections of the `local` target's serving hosts, after the first (services/targets.py's names), as
+# docker-compose.yml gives them in the environment
+SERVING_HOST_2_CONN = "AIRFLOW_CONN_SERVING_HOST_LOCAL_2"
+TFSERVING_CONN = "AIRFLOW_CONN_TFSERVING_LOCAL"
 # directories of the state volume, each the Airflow user's (0700 for secrets)
 STATE_DIRS = ("airflow", "airflow/logs", "secrets", "tmp", "run", "haproxy", "prometheus", "alertmanager", "serving")
 
 
 class ComposeSettings(Settings):
-    """The stack's Settings as the compose network sees them: WebHDFS at the NameNode's service name."""
+    """The stack's Settings as the compose network sees them: WebHDFS at the NameNode's service name; the second
+    serving host (stack.serving_host_addresses' second address) at the ``publish_address`` of its Connection
+    (``serving_host_local_2``: docker-host-2's fixed address on the compose network), not at the local stack's
+    docker2 namespace address."""
 
     @property
     def webhdfs_url(self) -> str:
         return NAMENODE_URL
 
+    @property
+    def docker2_address(self) -> str:
+        conn = os.environ.get(SERVING_HOST_2_CONN)
+        if not conn:
+            if self.serving_hosts > 1:
+                raise RuntimeError(f"SERVING_HOSTS={self.serving_hosts} but {SERVING_HOST_2_CONN} is not set")
+            return super().docker2_address
+        return str(json.loads(conn)["extra"]["publish_address"])
+
+
+def check_replica_hosts(s: Settings) -> list[str]:
+    """The serving hosts' addresses the router's configuration uses (stack.serving_host_addresses), checked against
+    the tfserving_local Connection's replica_hosts, which the pipeline reaches the replicas at: both must place
+    replica i at the same address (the Connection without replica_hosts: every replica at its host)."""
+    hosts = stack.serving_host_addresses(s)
+    conn = os.environ.get(TFSERVING_CONN)
+    if conn:
+        extra = json.loads(conn).get("extra") or {}
+        given = [str(h) for h in extra.get("replica_hosts") or [json.loads(conn)["host"]]]
+        if given != hosts:
+            raise RuntimeError(
+                f"{TFSERVING_CONN}'s replica_hosts {given} differ from the serving hosts' addresses {hosts} "
+                f"(SERVING_HOSTS={s.serving_hosts}, {SERVING_HOST_2_CONN}'s publish_address): fix docker-compose.yml"
+            )
+    return hosts
+
 
 def compose_router_config(s: Settings) -> str:
     """stack.router_config with every frontend bound to all addresses (docker-compose publishes the serving host's
-    ports to its network namespace's interface, not to its loopback); the servers stay 127.0.0.1 (the replicas'
-    ports are published on the engine's loopback, in the same namespace)."""
+    ports to its network namespace's interface, not to its loopback); the servers are the local stack's: replica i
+    at its host's address (check_replica_hosts), 127.0.0.1 for docker-host's (published on that engine's loopback,
+    in the same namespace), docker-host-2's fixed address for its replicas."""
+    check_replica_hosts(s)
     text, count = re.subn(r"(?m)^(\s+bind )127\.0\.0\.1:", r"\g<1>0.0.0.0:", stack.router_config(s))
     if count == 0 or re.search(r"(?m)^\s+bind 127\.", text):
         raise RuntimeError("stack.router_config's bind lines changed: update compose_router_config")
@@ -59,18 +97,24 @@ def compose_router_config(s: Settings) -> str:
 
 def compose_prometheus_config(s: Settings) -> str:
     """stack.prometheus_config with Alertmanager and the registry at their service names (Prometheus, the router
-    and the replicas share the serving host's network namespace: those targets stay 127.0.0.1), and the replicas
-    discovered through the read-only Docker API (DOCKER_RO_HOST) rather than the engine's socket."""
+    and the first host's replicas share docker-host's network namespace: those targets stay 127.0.0.1), and the
+    replicas of each serving host discovered through that host's read-only Docker API (DOCKER_RO_HOSTS) rather
+    than the engine's socket (the second host's: no TLS, a unix socket like the first's). The second host's
+    replicas are scraped where they publish their ports, docker-host-2's address (the relabelling's
+    __meta_docker_port_public_ip)."""
     import yaml
 
     config: dict[str, Any] = yaml.safe_load(stack.prometheus_config(s))
     engines = [sd for job in config["scrape_configs"] for sd in job.get("docker_sd_configs", [])]
-    if [sd["host"] for sd in engines] != [s.docker_host]:
+    expected = [s.docker_host, f"https://{s.docker2_address}:{s.docker2_port}"][: s.serving_hosts]
+    if [sd["host"] for sd in engines] != expected or s.serving_hosts > len(DOCKER_RO_HOSTS):
         raise RuntimeError(
-            "compose_prometheus_config expects one docker_sd_configs entry, the engine at DOCKER_HOST "
-            "(SERVING_HOSTS=1, as docker-compose.yml sets): stack.prometheus_config changed, update it"
+            f"compose_prometheus_config expects one docker_sd_configs entry per serving host, {expected} "
+            f"(SERVING_HOSTS={s.serving_hosts}): stack.prometheus_config changed, update it"
         )
-    engines[0]["host"] = DOCKER_RO_HOST
+    for sd, host in zip(engines, DOCKER_RO_HOSTS, strict=False):
+        sd["host"] = host
+        sd.pop("tls_config", None)
     for am in config["alerting"]["alertmanagers"]:
         for static in am["static_configs"]:
             static["targets"] = [ALERTMANAGER_ADDRESS]

@@ -1,22 +1,26 @@
 """The compose stack (docker-compose.yml; README "Topology: docker-compose"): up, down, status, demo, env.
 
-    compose_stack.py up       env file, images, `docker-compose up -d`, the serving images into the serving host,
-                              wait until every service is healthy, print where to look
+    compose_stack.py up       env file, images, `docker-compose up -d`, the serving images into the serving hosts
+                              (docker-host, docker-host-2), wait until every service is healthy, print where to look
     compose_stack.py down [--volumes]
     compose_stack.py status
     compose_stack.py demo     deploy the example model, two versions, through the stack's REST API
-    compose_stack.py env      write the env file (secrets, ports) if missing; print its path
+    compose_stack.py env      write the env file (secrets, ports, network) if missing; print its path
 
 The compose project is its own (``TFDEPLOY_COMPOSE_PROJECT``, default ``tfdeploy-compose``), with its own state
 directory (``TFDEPLOY_COMPOSE_STATE``, default ``<clone>/.state-compose``: the env file, 0600) and host ports
 (``TFDEPLOY_COMPOSE_PORT_OFFSET`` added to 28080, 28500-28502, 28404, 29090, 29093, 29870), all on 127.0.0.1: it
-runs beside the dev (8080...) and test (18080...) stacks. docker-compose runs with a clean environment and the env
-file, so a variable of the caller's shell (say the test stack's REGISTRY_API_TOKEN) never leaks into the stack.
+runs beside the dev (8080...) and test (18080...) stacks. Its network is a /24 of its own too
+(``TFDEPLOY_COMPOSE_NET``, its first three octets: default ``10.217.<128 + thousands of the port offset>``, so
+10.217.128 for ``make compose-up``, 10.217.130 for the smoke test's +2000), where the second serving host has the
+fixed address ``<net>.2``. docker-compose runs with a clean environment and the env file, so a variable of the
+caller's shell (say the test stack's REGISTRY_API_TOKEN) never leaks into the stack.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import secrets
@@ -32,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
 
-from stack import write_private  # noqa: E402
+from stack import SERVING_LABEL_MODEL_ROOT, _replica_index, write_private  # noqa: E402
+from tfdeploy.core.placement import replica_host  # noqa: E402
+from tfdeploy.settings import settings_for  # noqa: E402
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 # Host ports (127.0.0.1) by the env file's variable: docker-compose.yml publishes each
@@ -56,14 +62,46 @@ SECRETS = (
     "AIRFLOW_JWT_SECRET",
     "REGISTRY_API_TOKEN",
 )
-# Images the pipeline runs on the serving host (loaded into its engine: nothing can be pulled)
-SERVING_IMAGES = ("local/tfserving-compat:latest", "local/tfdeploy-sandbox:latest")
+# Images the pipeline runs on the serving hosts (loaded into their engines: nothing can be pulled)
+SERVING_IMAGE = "local/tfserving-compat:latest"
+SANDBOX_IMAGE = "local/tfdeploy-sandbox:latest"
+SERVING_IMAGES = (SERVING_IMAGE, SANDBOX_IMAGE)
+# The serving Docker hosts of docker-compose.yml (the `local` target's, replica i on host i % 2) and the images each
+# needs: the first runs the sandbox too (DOCKER_HOST), the second only replicas and their staging helpers (the
+# serving image), as the local stack's docker2
+SERVING_HOSTS = {"docker-host": SERVING_IMAGES, "docker-host-2": (SERVING_IMAGE,)}
+# The compose network's address of the second serving host (static: docker-compose.yml), in TFDEPLOY_COMPOSE_NET
+SERVING_HOST_2_SUFFIX = ".2"
+# The compose stack's profile (docker-compose.yml's TFDEPLOY_STACK): its replicas' names
+STACK_PROFILE = "dev"
 # Services that run once (airflow-init) and the rest, which must all become healthy
 ONE_SHOT = ("airflow-init",)
 
 
 def _new_secret() -> str:
     return secrets.token_urlsafe(24)
+
+
+def default_net(port_offset: int) -> str:
+    """The compose network's /24 (its first three octets) for a port offset: ``10.217.<128 + thousands of the
+    offset>``, so stacks on ports of their own (+0, +2000 for the smoke test) get networks of their own, apart from
+    Docker's default pools (172.17-31.x, 192.168.x: the engines' own bridges) and from the local stack's docker2
+    (10.217.0.0/30, 10.217.0.4/30)."""
+    return f"10.217.{128 + (port_offset // 1000) % 128}"
+
+
+def check_net(net: str) -> str:
+    """``net`` if it is the first three octets of a private IPv4 /24 (TFDEPLOY_COMPOSE_NET), else ValueError."""
+    try:
+        network = ipaddress.IPv4Network(f"{net}.0/24")
+    except ValueError:
+        network = None
+    if network is None or net.count(".") != 2 or not network.is_private:
+        raise ValueError(
+            f"TFDEPLOY_COMPOSE_NET={net!r}: give the first three octets of a private /24 for the compose network "
+            "(e.g. 10.217.128), not in use by another Docker network"
+        )
+    return net
 
 
 @dataclass(frozen=True)
@@ -73,6 +111,9 @@ class ComposeStack:
         default_factory=lambda: Path(os.environ.get("TFDEPLOY_COMPOSE_STATE", str(ROOT / ".state-compose")))
     )
     port_offset: int = field(default_factory=lambda: int(os.environ.get("TFDEPLOY_COMPOSE_PORT_OFFSET", "0")))
+    # the compose network's /24, its first three octets ("": default_net(port_offset)); written into the env file
+    # once, as the ports are, and read from there afterwards
+    net: str = field(default_factory=lambda: os.environ.get("TFDEPLOY_COMPOSE_NET", "").strip())
 
     @property
     def env_file(self) -> Path:
@@ -94,10 +135,12 @@ class ComposeStack:
             "AIRFLOW_FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode(),
             "COMPOSE_PROJECT_NAME": self.project,
             **{name: str(port + self.port_offset) for name, port in BASE_PORTS.items()},
+            "TFDEPLOY_COMPOSE_NET": check_net(self.net or default_net(self.port_offset)),
         }
         for name, value in defaults.items():
             if not values.get(name):
                 values[name], changed = value, True
+        check_net(values["TFDEPLOY_COMPOSE_NET"])
         if changed or not self.env_file.exists():
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.state_dir.chmod(0o700)
@@ -107,6 +150,21 @@ class ComposeStack:
 
     def port(self, name: str) -> int:
         return int(read_env(self.env_file).get(name, BASE_PORTS[name] + self.port_offset))
+
+    @property
+    def subnet(self) -> str:
+        """The compose network's subnet (the env file's TFDEPLOY_COMPOSE_NET)."""
+        return f"{self._net()}.0/24"
+
+    @property
+    def serving_host_2_address(self) -> str:
+        """docker-host-2's address on the compose network, where its replicas' ports are published."""
+        return self._net() + SERVING_HOST_2_SUFFIX
+
+    def _net(self) -> str:
+        return check_net(
+            read_env(self.env_file).get("TFDEPLOY_COMPOSE_NET") or self.net or default_net(self.port_offset)
+        )
 
     @property
     def airflow_url(self) -> str:
@@ -164,30 +222,84 @@ class ComposeStack:
                 raise SystemExit(f"[compose] not healthy after {timeout:.0f}s: {states}")
             time.sleep(3)
 
-    # ------------------------------------------------------------------ the serving host's images
+    # ------------------------------------------------------------------ the serving hosts' images
 
-    def load_serving_images(self, timeout: float = 300.0) -> list[str]:
-        """`docker save | docker load` of SERVING_IMAGES into the serving host's engine, those whose image id
-        differs there (nothing can be pulled). Returns the images loaded."""
+    def load_serving_images(self, timeout: float = 300.0) -> dict[str, list[str]]:
+        """`docker save | docker load` of each serving host's images (SERVING_HOSTS) into its engine, those whose
+        image id differs there (nothing can be pulled). Returns the images loaded, by host."""
         deadline = time.monotonic() + timeout
-        while self.health().get("docker-host") != "healthy":
+        while not all((states := self.health()).get(host) == "healthy" for host in SERVING_HOSTS):
             if time.monotonic() > deadline:
-                raise SystemExit("[compose] the serving host's engine (docker-host) did not become healthy")
+                raise SystemExit(f"[compose] the serving hosts' engines did not become healthy: {states}")
             time.sleep(2)
-        container = self.containers()["docker-host"]["Id"]
-        stale = []
-        for image in SERVING_IMAGES:
-            want = _image_id(["docker"], image)
-            have = _image_id(["docker", "exec", container, "docker"], image)
-            if want != have:
-                stale.append(image)
-        if stale:
-            print(f"[compose] loading {', '.join(stale)} into the serving host (docker save | docker load)")
-            save = subprocess.Popen(["docker", "save", *stale], stdout=subprocess.PIPE)
-            subprocess.run(["docker", "exec", "-i", container, "docker", "load", "-q"], stdin=save.stdout, check=True)
-            if save.wait() != 0:
-                raise SystemExit("[compose] docker save failed")
-        return stale
+        containers = self.containers()
+        loaded = {}
+        for host, images in SERVING_HOSTS.items():
+            container = containers[host]["Id"]
+            stale = [
+                image
+                for image in images
+                if _image_id(["docker"], image) != _image_id(["docker", "exec", container, "docker"], image)
+            ]
+            if stale:
+                print(f"[compose] loading {', '.join(stale)} into {host} (docker save | docker load)")
+                save = subprocess.Popen(["docker", "save", *stale], stdout=subprocess.PIPE)
+                subprocess.run(
+                    ["docker", "exec", "-i", container, "docker", "load", "-q"], stdin=save.stdout, check=True
+                )
+                if save.wait() != 0:
+                    raise SystemExit("[compose] docker save failed")
+            loaded[host] = stale
+        return loaded
+
+    def remove_misplaced_replicas(self) -> list[str]:
+        """Remove the serving replicas that run on a serving host other than their own (replica i belongs on host
+        i % 2: core.placement), as after the second host was added to a stack whose volumes kept replica 2 on the
+        first; the router already sends its traffic to the right host, and the pool's next change creates it there
+        (as stack.py remove_misplaced_replicas on the local stack). Returns ``host/name`` of each."""
+        s, hosts, containers = settings_for(STACK_PROFILE), list(SERVING_HOSTS), self.containers()
+        removed = []
+        for host in hosts:
+            docker = ["docker", "exec", containers[host]["Id"], "docker"]
+            listed = subprocess.run(
+                [*docker, "ps", "-a", "--filter", f"label={SERVING_LABEL_MODEL_ROOT}", "--format", "{{.Names}}"],
+                capture_output=True,
+                text=True,
+            )
+            if listed.returncode != 0:
+                print(f"[compose] could not check the serving replicas' placement on {host}: {listed.stderr.strip()}")
+                continue
+            for name in listed.stdout.split():
+                index = _replica_index(s, name)
+                if index is not None and replica_host(index, hosts) != host:
+                    subprocess.run([*docker, "rm", "-f", name], capture_output=True, check=True)
+                    removed.append(f"{host}/{name}")
+        return removed
+
+    # ------------------------------------------------------------------ the compose network
+
+    def network_subnets(self) -> list[str] | None:
+        """The subnets of this project's default network as the engine has it (None: no such network)."""
+        labels = (f"com.docker.compose.project={self.project}", "com.docker.compose.network=default")
+        filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+        ids = subprocess.run(["docker", "network", "ls", "-q", *filters], capture_output=True, text=True).stdout.split()
+        if not ids:
+            return None
+        out = subprocess.run(["docker", "network", "inspect", ids[0]], capture_output=True, text=True, check=True)
+        return [pool.get("Subnet") for pool in json.loads(out.stdout)[0]["IPAM"].get("Config") or []]
+
+    def ensure_network(self) -> None:
+        """A default network of another subnet (made before docker-compose.yml fixed it, or by another
+        TFDEPLOY_COMPOSE_NET) goes, with the containers on it (`down`, volumes kept): docker-compose 1.29 does
+        not compare an existing network's IPAM with the file's, and docker-host-2's fixed address needs the
+        file's subnet."""
+        subnets = self.network_subnets()
+        if subnets is not None and subnets != [self.subnet]:
+            print(
+                f"[compose] the project's network has subnet {subnets}, the file's is {self.subnet}: recreating it "
+                "(docker-compose down, volumes kept)"
+            )
+            self.compose("down", "--remove-orphans")
 
     # ------------------------------------------------------------------ commands
 
@@ -225,13 +337,18 @@ class ComposeStack:
             timings["up"] = time.monotonic() - t1
             timings["total"] = time.monotonic() - t0
             return timings
-        # the serving host first: its images load (when missing) while the rest starts
-        self.compose("up", "-d", "docker-host")
+        # the serving hosts first: their images load (when missing) while the rest starts
+        self.ensure_network()
+        self.compose("up", "-d", *SERVING_HOSTS)
         loader = ThreadPoolExecutor(max_workers=1)
         loaded = loader.submit(self.load_serving_images)
         self.compose("up", "-d", "--remove-orphans")
         loaded.result()
         loader.shutdown()
+        for moved in self.remove_misplaced_replicas():
+            print(
+                f"[compose] removed {moved}: not its serving host (recreated on its own host at the pool's next change)"
+            )
         self.wait_healthy()
         timings["up"] = time.monotonic() - t1
         timings["total"] = time.monotonic() - t0

@@ -1,13 +1,17 @@
 """The compose stack's smoke test (`make test-compose`; not part of `make test`, whose pytest collects only
-tests/unit and tests/integration): bring the whole docker-compose.yml up on its own project, state and ports, deploy
-the example model through its REST API, promote a second version, check both through the router and the registry,
-check the trust boundary (the services that only read the engine get a read-only Docker API that refuses writes,
-yet Prometheus discovers the replicas and the registry reads their logs through it), tear it all down (volumes
-too). About 10 minutes on 2 cores, most of it the first image builds.
+tests/unit and tests/integration): bring the whole docker-compose.yml up on its own project, state, ports and
+network, deploy the example model through its REST API, promote a second version, check both through the router and
+the registry, check that the stable replicas spread over both serving hosts (replica 1 on docker-host, replica 2 on
+docker-host-2, published at that host's address on the compose network) and that the router balances over both,
+check the trust boundary (the services that only read the engines get one read-only Docker API per engine that
+refuses writes, yet Prometheus discovers the replicas of both hosts and the registry reads their logs through them),
+tear it all down (volumes too). About 10 minutes on 2 cores, most of it the first image builds.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -24,6 +28,14 @@ DAG_ID = "model_deploy"
 MODEL = "compose_smoke"
 ENGINE_SOCKET = "/run/docker-host/docker.sock"
 RO_SOCKET = "/run/docker-ro/docker.sock"  # docker-socket-proxy's
+ENGINE_2_SOCKET = "/run/docker-host-2/docker.sock"  # docker-host-2's, as the workers mount it
+RO_2_SOCKET = "/run/docker-ro-2/docker.sock"  # docker-socket-proxy-2's, as its readers mount it
+# the stable pool's replicas (docker-compose.yml's tfserving_local: two, REST port 8511 + 2i) by router server name:
+# (container, serving host, REST port); replica i on host i % 2 (core/placement.py)
+STABLE = {
+    "replica1": ("tfserving-local", "docker-host", 8511),
+    "replica2": ("tfserving-local-1", "docker-host-2", 8513),
+}
 pytestmark = pytest.mark.timeout(3600)
 
 
@@ -80,13 +92,24 @@ def _predict(c: ComposeStack, inputs: list) -> requests.Response:
     return requests.post(f"{c.serving_url}/v1/models/{MODEL}:predict", json={"instances": inputs}, timeout=10)
 
 
-def _docker_api(c: ComposeStack, service: str, method: str, path: str) -> str:
-    """The HTTP status of ``method path`` on the read-only Docker API, from inside ``service``'s container."""
+def _docker_api(c: ComposeStack, service: str, method: str, path: str, socket: str = RO_SOCKET) -> str:
+    """The HTTP status of ``method path`` on a read-only Docker API (``socket``), from inside ``service``'s
+    container."""
     done = c.compose(
         "exec", "-T", service, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
-        "--unix-socket", RO_SOCKET, f"http://docker{path}", capture=True, check=False,
+        "--unix-socket", socket, f"http://docker{path}", capture=True, check=False,
     )  # fmt: skip
     return done.stdout.strip()
+
+
+def _router_servers(c: ComposeStack) -> dict[tuple[str, str], str]:
+    """(backend, server) -> status (UP, DOWN, MAINT...) from the router's stats page (CSV)."""
+    resp = requests.get(f"http://127.0.0.1:{c.port('TFDEPLOY_COMPOSE_ROUTER_STATS_PORT')}/stats;csv", timeout=10)
+    resp.raise_for_status()
+    rows = csv.DictReader(io.StringIO(resp.text.lstrip("# ")))
+    return {
+        (row["pxname"], row["svname"]): row["status"] for row in rows if row["svname"] not in ("FRONTEND", "BACKEND")
+    }
 
 
 def test_every_service_is_healthy(compose_stack: ComposeStack) -> None:
@@ -124,35 +147,83 @@ def test_deploy_then_promote_a_second_version(compose_stack: ComposeStack, clien
     assert workers <= {"worker1@tfdeploy-compose", "worker2@tfdeploy-compose"}, workers
 
 
+def test_the_stable_replicas_spread_over_both_serving_hosts(compose_stack: ComposeStack) -> None:
+    """After the deploys above (test_deploy_then_promote_a_second_version): replica 1 runs on docker-host, its REST
+    port on that engine's loopback; replica 2 on docker-host-2, its port on that host's compose address; the
+    router's servers of both are UP and it answers from both."""
+    c = compose_stack
+    address = c.serving_host_2_address
+    for server, (container, host, rest_port) in STABLE.items():
+        names = c.compose("exec", "-T", host, "docker", "ps", "--format", "{{.Names}}", capture=True).stdout.split()
+        assert container in names, (server, host, names)
+        others = [other for other, other_host, _ in STABLE.values() if other_host != host]
+        assert not set(others) & set(names), (host, names)  # each replica on its own host only
+        published = c.compose("exec", "-T", host, "docker", "port", container, "8501/tcp", capture=True).stdout.split()
+        expected = f"{'127.0.0.1' if host == 'docker-host' else address}:{rest_port}"
+        assert published == [expected], (server, published)
+
+    deadline = time.monotonic() + 60
+    while True:
+        servers = _router_servers(c)
+        stable = {key: status for key, status in servers.items() if key[0] in ("local_rest", "local_grpc")}
+        if set(stable.values()) == {"UP"} or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert stable == {(backend, s): "UP" for backend in ("local_rest", "local_grpc") for s in STABLE}, servers
+
+    answered = set()
+    for _ in range(20):  # the router balances over the pool: both replicas answer within a few calls
+        resp = requests.get(f"{c.serving_url}/v1/models/{MODEL}", timeout=10)
+        assert resp.status_code == 200, resp.text
+        answered.add(resp.headers.get("X-Served-By-Replica"))
+        if answered == set(STABLE):
+            break
+    assert answered == set(STABLE), answered
+
+
 def test_the_readers_get_a_read_only_docker_api(compose_stack: ComposeStack) -> None:
-    """Prometheus and the api-server hold docker-socket-proxy's socket, not the engine's: their reads pass, any
-    write (create, exec, delete...) is refused 403 before the engine; the workers keep the engine's socket."""
+    """Prometheus and the api-server hold the read-only proxies' sockets (one per engine), not the engines': their
+    reads pass, any write (create, exec, delete...) is refused 403 before the engine; the workers keep both engines'
+    sockets."""
     c = compose_stack
     for service in ("airflow-apiserver", "prometheus"):
-        assert c.compose("exec", "-T", service, "test", "-e", ENGINE_SOCKET, check=False).returncode != 0, service
-        mode = c.compose("exec", "-T", service, "stat", "-c", "%a %u %g", RO_SOCKET, capture=True).stdout.split()
-        assert mode == ["660", "50000", "50000"], (service, mode)
-        for method, path in (("GET", "/_ping"), ("GET", "/v1.41/containers/json"), ("GET", "/networks")):
-            assert _docker_api(c, service, method, path) == "200", (service, method, path)
-        for method, path in (
-            ("POST", "/containers/create"),
-            ("POST", "/v1.41/containers/create"),
-            ("POST", "/v1.41/containers/docker-socket-proxy-check/exec"),
-            ("DELETE", "/v1.41/containers/docker-socket-proxy-check"),
-            ("GET", "/v1.41/images/json"),
-            ("POST", "/v1.41/volumes/create"),
-        ):
-            assert _docker_api(c, service, method, path) == "403", (service, method, path)
-        # nor can they replace the proxy's socket
-        assert c.compose("exec", "-T", service, "touch", "/run/docker-ro/x", check=False).returncode != 0, service
+        for engine_socket in (ENGINE_SOCKET, ENGINE_2_SOCKET):
+            done = c.compose("exec", "-T", service, "test", "-e", engine_socket, check=False)
+            assert done.returncode != 0, (service, engine_socket)
+        for socket in (RO_SOCKET, RO_2_SOCKET):
+            mode = c.compose("exec", "-T", service, "stat", "-c", "%a %u %g", socket, capture=True).stdout.split()
+            assert mode == ["660", "50000", "50000"], (service, socket, mode)
+            for method, path in (("GET", "/_ping"), ("GET", "/v1.41/containers/json"), ("GET", "/networks")):
+                assert _docker_api(c, service, method, path, socket) == "200", (service, socket, method, path)
+            for method, path in (
+                ("POST", "/containers/create"),
+                ("POST", "/v1.41/containers/create"),
+                ("POST", "/v1.41/containers/docker-socket-proxy-check/exec"),
+                ("DELETE", "/v1.41/containers/docker-socket-proxy-check"),
+                ("GET", "/v1.41/images/json"),
+                ("POST", "/v1.41/volumes/create"),
+            ):
+                assert _docker_api(c, service, method, path, socket) == "403", (service, socket, method, path)
+            # nor can they replace the proxy's socket
+            touch = c.compose("exec", "-T", service, "touch", f"{socket.rsplit('/', 1)[0]}/x", check=False)
+            assert touch.returncode != 0, (service, socket)
+    # each proxy in front of its own engine: the second's container list is docker-host-2's (replica 2 only)
+    listed = c.compose(
+        "exec", "-T", "prometheus", "curl", "-sf", "--unix-socket", RO_2_SOCKET, "http://docker/containers/json",
+        capture=True,
+    ).stdout  # fmt: skip
+    names = {name.lstrip("/") for container in json.loads(listed) for name in container["Names"]}
+    assert STABLE["replica2"][0] in names and STABLE["replica1"][0] not in names, names
     worker = c.compose("exec", "-T", "airflow-worker-1", "printenv", "DOCKER_HOST", capture=True).stdout.strip()
     assert worker == f"unix://{ENGINE_SOCKET}"
+    for engine_socket in (ENGINE_SOCKET, ENGINE_2_SOCKET):
+        assert c.compose("exec", "-T", "airflow-worker-1", "test", "-S", engine_socket, check=False).returncode == 0
 
 
 def test_prometheus_and_the_registry_read_the_replicas_through_the_proxy(compose_stack: ComposeStack) -> None:
     """After the deploys above (test_deploy_then_promote_a_second_version): the registry's /logs (the api-server
-    reads the replicas' output through the proxy) and Prometheus' Docker service discovery both see the stable
-    replicas."""
+    reads the replicas' output through the proxies) and Prometheus' Docker service discovery (one entry per
+    engine) both see the stable replicas, on both hosts."""
     c = compose_stack
     token = read_env(c.env_file)["REGISTRY_API_TOKEN"]  # the service token: /logs needs write access
     resp = requests.get(
@@ -165,7 +236,7 @@ def test_prometheus_and_the_registry_read_the_replicas_through_the_proxy(compose
     logs = resp.json()
     assert logs["available"] is True, logs
     stable = {name for name in logs["containers"] if "canary" not in name}
-    assert stable, logs
+    assert stable == {container for container, _, _ in STABLE.values()}, logs
     for name in stable:
         lines = logs["containers"][name]
         assert lines and not lines[0].startswith("("), (name, lines)  # "(logs unavailable: ...)", "(no container"
