@@ -8,6 +8,8 @@ STACK := $(PY) include/scripts/stack.py
 DEV := TFDEPLOY_STACK=dev
 TEST := TFDEPLOY_STACK=test
 PYTEST_ARGS ?=
+# `make test` ends with the compose smoke test (tests/compose: about 4 min on warm images); TEST_COMPOSE=0 skips it
+TEST_COMPOSE ?= 1
 
 .PHONY: help setup up down status test-status demo test test-unit test-integration lint images serving-image diagnose \
 	compose-up compose-down compose-demo compose-status test-compose
@@ -39,9 +41,10 @@ demo: up  ## bring the stack up and run the main job end to end, then print wher
 diagnose:  ## collect a diagnosis bundle of MODEL=<name> (REASON=...) onto HDFS through the model_diagnose DAG (your stack)
 	@$(DEV) $(PY) include/scripts/diagnose.py --model "$(MODEL)" --reason "$(REASON)"
 
-test: setup  ## start the test stack (its own state and ports) and run the whole test suite against it
+test: setup  ## start the test stack (its own state and ports) and run the whole test suite against it, then the compose smoke test (TEST_COMPOSE=0 skips it)
 	@$(TEST) $(STACK) up
 	@$(TEST) $(PY) -m pytest $(PYTEST_ARGS)
+	@if [ "$(TEST_COMPOSE)" != 0 ]; then $(PY) -m pytest tests/compose; else echo "[test] compose smoke test skipped (TEST_COMPOSE=0)"; fi
 
 test-integration: setup  ## only the tests against the real (test) stack
 	@$(TEST) $(STACK) up

@@ -11,10 +11,10 @@
 3. Already running: `up()` on the running stack (what a second `make compose-up` costs).
 4. Memory of each service after the stack idles for ``--settle`` seconds: PSS of the container's processes (its init
    and descendants, from /proc: the metric `make status` gives for the local stack) and `docker stats`' usage (the
-   cgroup's, page cache excluded); the serving replicas inside the serving host's engine are its own containers (one
-   line each, from that engine's `docker stats`). With ``--deploy`` the example model is deployed first (compose-demo's
-   first release), so the replicas run. Where the dev stack (`make up`) runs, its PSS total is printed beside it:
-   the same services as plain processes.
+   cgroup's, page cache excluded); the serving replicas inside each serving host's engine (docker-host,
+   docker-host-2) are its own containers (one line each, from that engine's `docker stats`). With ``--deploy`` the
+   example model is deployed first (compose-demo's first release), so the replicas run. Where the dev stack
+   (`make up`) runs, its PSS total is printed beside it: the same services as plain processes.
 
 Runs the default compose project (tfdeploy-compose, ports 28080...), which it leaves up. Results:
 bench/results/compose.{json,md}.
@@ -59,8 +59,12 @@ def mib(text: str) -> float:
     return float(m[1]) * scale.get(m[2], 1)
 
 
+ENGINES = ("docker-host", "docker-host-2")  # the serving hosts: Docker engines whose containers are the replicas
+
+
 def memory(c: ComposeStack) -> dict[str, dict[str, float]]:
-    """Service -> {pss_mib, docker_stats_mib}; plus `replica <name>` for the serving host's own containers."""
+    """Service -> {pss_mib, docker_stats_mib}; plus `replica <engine>/<name>` for each serving host's own
+    containers."""
     containers = c.containers()
     out: dict[str, dict[str, float]] = {}
     ids = [x["Id"] for x in containers.values() if x["State"]["Status"] == "running"]
@@ -78,8 +82,10 @@ def memory(c: ComposeStack) -> dict[str, dict[str, float]]:
             "pss_mib": round(stack._pss_mib(info["State"]["Pid"]), 1),
             "docker_stats_mib": round(usage.get(info["Id"][:12], 0.0), 1),
         }
-    host = containers.get("docker-host")
-    if host:
+    for engine in ENGINES:  # the serving replicas: containers of each serving host's own engine
+        host = containers.get(engine)
+        if not host:
+            continue
         inner = subprocess.run(
             ["docker", "exec", host["Id"], "docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"],
             capture_output=True,
@@ -88,7 +94,7 @@ def memory(c: ComposeStack) -> dict[str, dict[str, float]]:
         for line in inner.splitlines():
             if line.strip():
                 name, used = line.split()[0], line.split()[1]
-                out[f"replica {name}"] = {"pss_mib": 0.0, "docker_stats_mib": round(mib(used), 1)}
+                out[f"replica {engine}/{name}"] = {"pss_mib": 0.0, "docker_stats_mib": round(mib(used), 1)}
     return out
 
 
@@ -168,7 +174,7 @@ def report(r: dict) -> str:
         "",
         "- cold: no compose image (nor the Airflow image's cached pip stage: every wheel downloaded again), no volume:"
         " images built, PostgreSQL initialised, HDFS formatted, the serving and sandbox images loaded into the serving"
-        " host's engine (1.8 GB, `docker save | docker load`, in parallel with the rest), until every service is"
+        " hosts' engines (1.8 GB, `docker save | docker load`, in parallel with the rest), until every service is"
         " healthy;",
         "- warm: the stack stopped (`make compose-down`: containers removed, volumes and images kept) and started"
         " again: most of it is Airflow's start-up (migration check in airflow-init, then the components' first"
@@ -184,18 +190,21 @@ def report(r: dict) -> str:
     total_stats = round(sum(v["docker_stats_mib"] for v in mem.values()), 1)
     lines += ["", "## Memory after idling", "", "| service | PSS MiB | docker stats MiB |", "|---|---|---|"]
     for name, v in sorted(mem.items(), key=lambda kv: -kv[1]["docker_stats_mib"]):
-        pss = f"{v['pss_mib']}" if not name.startswith("replica ") else "(in docker-host's)"
-        label = "docker-host (engine; its PSS includes the replicas)" if name == "docker-host" else name
+        engine = name.removeprefix("replica ").split("/", 1)[0]
+        pss = f"{v['pss_mib']}" if not name.startswith("replica ") else f"(in {engine}'s)"
+        label = f"{name} (engine; its PSS includes its replicas)" if name in ENGINES else name
         lines.append(f"| {label} | {pss} | {v['docker_stats_mib']} |")
     lines.append(f"| **total** | **{total_pss}** | **{total_stats}** |")
     if r.get("deployed"):
         lines += ["", f"Measured with {r['deployed']['model']} deployed ({r['deployed']['state']}): replicas running."]
     if r.get("dev_stack_pss_mib"):
-        without_engine = round(total_pss - services.get("docker-host", {}).get("pss_mib", 0.0), 1)
+        engines = sum(services.get(engine, {}).get("pss_mib", 0.0) for engine in ENGINES)
+        without_engine = round(total_pss - engines, 1)
         lines += [
             "",
             f"The dev stack (`make up`: the same services as processes) was running: {r['dev_stack_pss_mib']} MiB PSS "
-            "without its Docker engine and replicas; the compose stack without docker-host (engine and replicas): "
+            "without its Docker engines and replicas; the compose stack without its serving hosts (engines and "
+            "replicas): "
             f"{without_engine} MiB, compose / local = {round(without_engine / r['dev_stack_pss_mib'], 2)}x.",
         ]
     return "\n".join(lines) + "\n"
