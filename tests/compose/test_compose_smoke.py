@@ -1,11 +1,12 @@
-"""The compose stack's smoke test (`make test-compose`; not part of `make test`, whose pytest collects only
-tests/unit and tests/integration): bring the whole docker-compose.yml up on its own project, state, ports and
+"""The compose stack's smoke test (`make test-compose`, and the last step of `make test`; TEST_COMPOSE=0 skips it
+there): bring the whole docker-compose.yml up on its own project, state, ports and
 network, deploy the example model through its REST API, promote a second version, check both through the router and
 the registry, check that the stable replicas spread over both serving hosts (replica 1 on docker-host, replica 2 on
 docker-host-2, published at that host's address on the compose network) and that the router balances over both,
 check the trust boundary (the services that only read the engines get one read-only Docker API per engine that
 refuses writes, yet Prometheus discovers the replicas of both hosts and the registry reads their logs through them),
-tear it all down (volumes too). About 10 minutes on 2 cores, most of it the first image builds.
+tear it all down (volumes too). The stack and the release are module fixtures: each test runs alone and in any
+order. About 4 minutes on warm images, 10 when the images are first built.
 """
 
 from __future__ import annotations
@@ -118,37 +119,53 @@ def test_every_service_is_healthy(compose_stack: ComposeStack) -> None:
     assert set(states.values()) == {"healthy"}, states
 
 
-def test_deploy_then_promote_a_second_version(compose_stack: ComposeStack, client: AirflowClient) -> None:
+@pytest.fixture(scope="module")
+def released(compose_stack: ComposeStack, client: AirflowClient) -> dict:
+    """The example model deployed through the REST API, then a second version promoted (each run asserted to
+    succeed); what the tests check: the registry's version after each, the answers through the router after each,
+    the served versions after the second, the workers that ran the tasks. Every test that needs replicas asks for
+    it, so each runs alone and in any order."""
     c = compose_stack
     first, second = c.build_example("good"), c.build_example("better")
     golden = json.loads(
         c.compose("exec", "-T", "airflow-worker-1", "cat", str(second / "golden.json"), capture=True).stdout
     )
-
     tasks = _deploy(client, first)
     v1 = _registry(c, client)["version"]
-    answer = _predict(c, golden["inputs"][:2])
-    assert answer.status_code == 200, answer.text
-    assert len(answer.json()["predictions"]) == 2
+    first_answer = _predict(c, golden["inputs"][:2])
     workers = {host for _, host in tasks.values() if host}
-
     tasks = _deploy(client, second)
     record = _registry(c, client)
-    assert record["version"] > v1  # promoted: the registry's production version is the second
     deadline = time.monotonic() + 60
     while (answer := _predict(c, golden["inputs"][:2])).status_code != 200 and time.monotonic() < deadline:
         time.sleep(1)
-    assert answer.status_code == 200, answer.text
     served = requests.get(f"{c.serving_url}/v1/models/{MODEL}", timeout=10).json()
-    assert [v["state"] for v in served["model_version_status"] if int(v["version"]) == record["version"]] == [
-        "AVAILABLE"
-    ]
     workers |= {host for _, host in tasks.values() if host}
-    assert workers <= {"worker1@tfdeploy-compose", "worker2@tfdeploy-compose"}, workers
+    return {
+        "v1": v1,
+        "first_answer": first_answer,
+        "record": record,
+        "answer": answer,
+        "served": served,
+        "workers": workers,
+    }
 
 
-def test_the_stable_replicas_spread_over_both_serving_hosts(compose_stack: ComposeStack) -> None:
-    """After the deploys above (test_deploy_then_promote_a_second_version): replica 1 runs on docker-host, its REST
+def test_deploy_then_promote_a_second_version(released: dict) -> None:
+    first_answer, answer, record = released["first_answer"], released["answer"], released["record"]
+    assert first_answer.status_code == 200, first_answer.text
+    assert len(first_answer.json()["predictions"]) == 2
+    assert record["version"] > released["v1"]  # promoted: the registry's production version is the second
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["predictions"]) == 2
+    statuses = released["served"]["model_version_status"]
+    assert [v["state"] for v in statuses if int(v["version"]) == record["version"]] == ["AVAILABLE"]
+    workers = released["workers"]
+    assert workers and workers <= {"worker1@tfdeploy-compose", "worker2@tfdeploy-compose"}, workers
+
+
+def test_the_stable_replicas_spread_over_both_serving_hosts(compose_stack: ComposeStack, released: dict) -> None:
+    """With the model released: replica 1 runs on docker-host, its REST
     port on that engine's loopback; replica 2 on docker-host-2, its port on that host's compose address; the
     router's servers of both are UP and it answers from both."""
     c = compose_stack
@@ -181,7 +198,7 @@ def test_the_stable_replicas_spread_over_both_serving_hosts(compose_stack: Compo
     assert answered == set(STABLE), answered
 
 
-def test_the_readers_get_a_read_only_docker_api(compose_stack: ComposeStack) -> None:
+def test_the_readers_get_a_read_only_docker_api(compose_stack: ComposeStack, released: dict) -> None:
     """Prometheus and the api-server hold the read-only proxies' sockets (one per engine), not the engines': their
     reads pass, any write (create, exec, delete...) is refused 403 before the engine; the workers keep both engines'
     sockets."""
@@ -220,8 +237,10 @@ def test_the_readers_get_a_read_only_docker_api(compose_stack: ComposeStack) -> 
         assert c.compose("exec", "-T", "airflow-worker-1", "test", "-S", engine_socket, check=False).returncode == 0
 
 
-def test_prometheus_and_the_registry_read_the_replicas_through_the_proxy(compose_stack: ComposeStack) -> None:
-    """After the deploys above (test_deploy_then_promote_a_second_version): the registry's /logs (the api-server
+def test_prometheus_and_the_registry_read_the_replicas_through_the_proxy(
+    compose_stack: ComposeStack, released: dict
+) -> None:
+    """With the model released: the registry's /logs (the api-server
     reads the replicas' output through the proxies) and Prometheus' Docker service discovery (one entry per
     engine) both see the stable replicas, on both hosts."""
     c = compose_stack
