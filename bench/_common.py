@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -55,13 +54,13 @@ def stack_parser(default: str) -> argparse.ArgumentParser:
 def bootstrap(default_stack: str = "test", *, stack_flag: bool = True) -> argparse.ArgumentParser:
     """Readies a benchmark before it imports `stack` or `tfdeploy`, and returns its `--stack` parser.
 
-    Puts plugins/ and include/scripts/ first on sys.path; sets TFDEPLOY_STACK before the settings are read: to
+    Puts plugins/, include/scripts/ and include/ first on sys.path; sets TFDEPLOY_STACK before the settings are read: to
     `--stack` from the command line (with `stack_flag`; the rest of the command line is left to the script),
     else to TFDEPLOY_STACK, else to `default_stack`; then sets Airflow's environment for that stack (what is set
     already wins). The parser returned is for `argparse.ArgumentParser(parents=[...])`, so that `--stack` shows
     in the script's help and its parser accepts it.
     """
-    sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts")]
+    sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include" / "scripts"), str(ROOT / "include")]
     parser = stack_parser(default_stack)
     os.environ["TFDEPLOY_STACK"] = parser.parse_known_args()[0].stack if stack_flag else parser.get_default("stack")
 
@@ -111,23 +110,11 @@ def bench_dir() -> Path:
 
 
 def build_examples(out: Path, variants: Mapping[str, tuple[str, int]]) -> dict[str, Path]:
-    """Builds the example model (include/example_model/build.py) once per `name: (variant, seed)`, all at once,
-    each into out/<name> (saved_model/ and golden.json). Returns each name's directory; a build that fails
-    raises RuntimeError with the end of its error output."""
-    build = ROOT / "include" / "example_model" / "build.py"
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, str(build), "--out", str(out / name), "--variant", variant, "--seed", str(seed)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for name, (variant, seed) in variants.items()
-    }
-    for name, proc in procs.items():
-        _, err = proc.communicate(timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"building the {name} example failed: {err.decode()[-2000:]}")
-    return {name: out / name for name in variants}
+    """Builds the example model once per `name: (variant, seed)`, all at once, each into out/<name>
+    (include/example_model/build.py's build_side_by_side: RuntimeError with the end of a failed build's output)."""
+    from example_model.build import build_side_by_side  # include/ is on sys.path after bootstrap()
+
+    return build_side_by_side(out, variants)
 
 
 def deploy_conf(model: str, example: Path, **extra: object) -> dict[str, object]:

@@ -22,6 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -97,6 +100,25 @@ def build(out: Path, variant: str, seed: int) -> Path:
         json.dumps({"signature_name": "serving_default", "inputs": gx.tolist(), "labels": gy[:, 0].tolist()})
     )
     return saved
+
+
+def build_side_by_side(out: Path, variants: Mapping[str, tuple[str, int]], timeout: float = 600) -> dict[str, Path]:
+    """Builds the example model once per ``{name: (variant, seed)}``, each in a process of its own and all at once,
+    into ``out/<name>`` (saved_model/ and golden.json); returns each name's directory. A build that fails raises
+    RuntimeError with the end of its error output (the benchmarks and the end-to-end tests build theirs so)."""
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, __file__, "--out", str(out / name), "--variant", variant, "--seed", str(seed)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for name, (variant, seed) in variants.items()
+    }
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the {name} example failed: {err.decode()[-2000:]}")
+    return {name: out / name for name in variants}
 
 
 def main() -> None:

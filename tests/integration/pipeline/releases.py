@@ -3,34 +3,20 @@ call it, model_deploy runs started and awaited over Airflow's REST API, and wait
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
+from example_model.build import build_side_by_side
 
-ROOT = Path(__file__).resolve().parents[3]
-BUILD = ROOT / "include" / "example_model" / "build.py"
 DEPLOY = "model_deploy"
 
 
 def build_examples(out: Path, variants: dict[str, tuple[str, int]]) -> dict[str, Path]:
     """``{name: (variant, seed)}`` built side by side (include/example_model/build.py) into ``out/<name>``."""
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, str(BUILD), "--out", str(out / name), "--variant", variant, "--seed", str(seed)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for name, (variant, seed) in variants.items()
-    }
-    for proc in procs.values():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()[-2000:]
-    return {name: out / name for name in variants}
+    return build_side_by_side(out, variants, timeout=300)
 
 
 def registry_api(airflow_url: str, token: str) -> Callable[..., Any]:
